@@ -1,0 +1,19 @@
+"""The broker: rooms, publish, subscribe from a cursor, presence; over a Backend."""
+
+from chatroom.broker.backend import Backend, BackendUnavailable, Draft, Page, Stored
+from chatroom.broker.broker import Broker, Delivery, Reset, SlowConsumer, Subscription
+from chatroom.broker.registry import open_backend
+
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "Broker",
+    "Delivery",
+    "Draft",
+    "Page",
+    "Reset",
+    "SlowConsumer",
+    "Stored",
+    "Subscription",
+    "open_backend",
+]

@@ -1,0 +1,152 @@
+"""The Backend protocol: what the broker needs from storage, and the contract each keeps.
+
+Every backend (memory, sqlite, redis) is checked against the same contract suite in
+tests/broker/test_contract.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from chatroom.core.events import Event, EventType, Position
+
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "Draft",
+    "Listener",
+    "Page",
+    "Presence",
+    "Stored",
+]
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot be reached now; nothing was stored. Answer 503."""
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """An event asked to be stored; the backend gives it its position."""
+
+    type: EventType
+    user: str
+    timestamp: int
+    text: str | None = None
+    # the session that said it; with client_id, makes a retried say idempotent
+    session: str | None = None
+    client_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    event: Event
+    # True when (session, client_id) matched an event already stored: nothing new was stored
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """An answer to read_after."""
+
+    events: list[Event]
+    # the cursor could not be honoured (other epoch, trimmed away, or in the future)
+    reset: bool
+    # oldest and newest retained positions; None when the room holds nothing
+    oldest: Position | None
+    head: Position | None
+
+
+# Called with a room's newly stored events, in offset order, once per event per process.
+Listener = Callable[[str, Sequence[Event]], None]
+
+
+class Presence(Protocol):
+    """Who is in which room, shared by every process that shares the backend.
+
+    Join and leave transitions are reported exactly once (to the caller that caused
+    them): touch() returns True for a join; leave() and expire() report leaves.
+    """
+
+    async def touch(self, room: str, user: str, session: str, conn: str, ttl: float) -> bool:
+        """Keep `user` present through `conn` for `ttl` seconds. True if the user joined.
+
+        Raises NicknameTaken if another live session holds the nickname in the room.
+        """
+        ...
+
+    async def check(self, room: str, user: str, session: str) -> None:
+        """Raise NicknameTaken if another live session holds the nickname in the room."""
+        ...
+
+    async def release(self, room: str, user: str, conn: str, linger: float) -> None:
+        """`conn` closed; it keeps the user present `linger` more seconds at most."""
+        ...
+
+    async def leave(self, room: str, user: str, session: str) -> bool:
+        """Remove the member now. True if it was present (the caller emits the leave)."""
+        ...
+
+    async def expire(self) -> list[tuple[str, str]]:
+        """Remove members whose every connection expired; return them (room, user)."""
+        ...
+
+    async def members(self, room: str) -> list[str]: ...
+
+    async def counts(self) -> dict[str, int]: ...
+
+
+class Backend(Protocol):
+    """Durable, ordered, per-room event streams plus presence.
+
+    Contract:
+    - append() returns only once the event is durable (committed / acknowledged).
+      Offsets in a room start at 1 and grow by exactly one per stored event, so a
+      subscriber can tell a gap from a duplicate. Each stream has an epoch, new
+      whenever the stream is started afresh.
+    - A Draft with (session, client_id) already stored in the room returns the
+      stored event with duplicate=True and stores nothing.
+    - Every stored event reaches the listener once, in offset order per room, on
+      every process that watch()es the room (local backends call it for all rooms).
+    - read_after(room, None, n) is the archive: the last n events. With a cursor it
+      is the events after it, at most n, or reset=True and the oldest retained
+      events when the cursor is from another epoch, trimmed, or beyond the head.
+    """
+
+    # a URL-ish name for logs, e.g. "sqlite:///chat.db"
+    name: str
+    # whether several processes may share this backend (serve --workers)
+    shared: bool
+    presence: Presence
+
+    def set_listener(self, listener: Listener) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Return if the backend answers; raise BackendUnavailable otherwise."""
+        ...
+
+    async def append(self, room: str, draft: Draft) -> Stored: ...
+
+    async def read_after(self, room: str, cursor: Position | None, limit: int) -> Page: ...
+
+    async def read_before(
+        self, room: str, before: Position | None, limit: int
+    ) -> list[Event]:
+        """History paging: up to `limit` events before `before` (or the newest), oldest first."""
+        ...
+
+    async def rooms(self) -> list[str]:
+        """Every room that holds events."""
+        ...
+
+    def watch(self, room: str) -> None:
+        """This process has subscribers in `room` (a hint; local backends ignore it)."""
+        ...
+
+    def unwatch(self, room: str) -> None: ...

@@ -1,0 +1,403 @@
+"""The broker: the one public API every transport uses.
+
+- publish: say(), and join/leave events from presence transitions.
+- subscribe(room, cursor): an async iterator of batches, history first, then live.
+- presence: connect()/disconnect() for sockets, poll() for pollers, claim(), leave().
+
+Fan-out never awaits a subscriber: each one has a bounded queue that the backend's
+listener fills without blocking. A subscriber whose queue overflows while its
+consumer is busy elsewhere (a stalled socket) is cut off with SlowConsumer; it can
+resume from its last id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from chatroom.broker.backend import Backend, Draft, Stored
+from chatroom.core.events import Event, EventType, Position, encode_reset, sse_frame
+from chatroom.core.validation import InvalidInput, validate_text
+
+__all__ = ["Broker", "Delivery", "Reset", "SlowConsumer", "Stats", "Subscription"]
+
+log = logging.getLogger(__name__)
+
+MAX_CLIENT_ID = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Sent before replayed events when the subscriber's cursor could not be honoured."""
+
+    oldest: Position | None
+    data: bytes
+    sse: bytes
+
+    # a reset carries no id of its own: a client must not resume from it
+    id = None
+
+    @classmethod
+    def at(cls, oldest: Position | None) -> Reset:
+        data = encode_reset(oldest)
+        return cls(oldest, data, sse_frame(None, data))
+
+
+Delivery = Event | Reset
+
+
+class SlowConsumer(Exception):
+    """The subscriber fell too far behind and was cut off; it may resume from its cursor."""
+
+
+@dataclass(slots=True)
+class Stats:
+    published: int = 0
+    deliveries: int = 0
+    cut_off: int = 0
+
+
+class Subscription:
+    """One subscriber's view of a room. Registered on creation; use `async with`."""
+
+    def __init__(
+        self, broker: Broker, room: str, cursor: Position | None, session: str | None
+    ) -> None:
+        self._broker = broker
+        self.room = room
+        self.session = session
+        self._initial = cursor
+        # the position of the last event handed out; None until known
+        self._cursor: Position | None = cursor
+        self._started = False
+        self._need_read = True
+        self._reading = False
+        self._queue: deque[Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._error: Exception | None = None
+
+    @property
+    def cursor(self) -> Position | None:
+        return self._cursor
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> list[Delivery]:
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                raise StopAsyncIteration
+            if self._need_read:
+                self._reading = True
+                try:
+                    batch = await self._read()
+                finally:
+                    self._reading = False
+                if batch:
+                    return batch
+                continue
+            if self._queue:
+                live = self._take_live()
+                if live:
+                    return live
+                continue
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def _read(self) -> list[Delivery]:
+        backend = self._broker.backend
+        page_size = self._broker.page
+        if not self._started and self._initial is None:
+            page = await backend.read_after(self.room, None, self._broker.archive)
+            self._started = True
+            self._need_read = False
+            self._cursor = page.head
+            return list(page.events)
+        page = await backend.read_after(self.room, self._cursor, page_size)
+        self._started = True
+        out: list[Delivery] = []
+        if page.reset:
+            out.append(Reset.at(page.oldest))
+            self._cursor = None
+        out.extend(page.events)
+        if page.events:
+            self._cursor = page.events[-1].position
+        self._need_read = len(page.events) >= page_size
+        return out
+
+    def _take_live(self) -> list[Delivery]:
+        out: list[Delivery] = []
+        queue = self._queue
+        while queue:
+            event = queue.popleft()
+            cursor = self._cursor
+            if cursor is not None:
+                if event.position.epoch != cursor.epoch or event.offset > cursor.offset + 1:
+                    # A gap, or the stream started afresh: let the backend answer.
+                    queue.clear()
+                    self._need_read = True
+                    break
+                if event.offset <= cursor.offset:
+                    continue
+            out.append(event)
+            self._cursor = event.position
+        return out
+
+    def _push(self, events: Sequence[Event]) -> bool:
+        """Called by the fan-out, never blocks. False if this push cut the subscriber off."""
+        if self._closed:
+            return True
+        if len(self._queue) + len(events) > self._broker.max_pending:
+            if self._reading or self._need_read:
+                # Catching up from the backend: it holds these; read them again after.
+                self._queue.clear()
+                self._need_read = True
+                return True
+            self._fail(
+                SlowConsumer(
+                    f"too slow: more than {self._broker.max_pending} events waiting; "
+                    "reconnect and resume from your last id"
+                )
+            )
+            return False
+        self._queue.extend(events)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
+
+    def _fail(self, error: Exception) -> None:
+        self._error = error
+        self._queue.clear()
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._broker._unregister(self)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Broker:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        archive: int = 50,
+        page: int = 500,
+        max_pending: int = 1024,
+        presence_ttl: float = 30.0,
+        linger: float = 5.0,
+        reap_interval: float = 1.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = backend
+        self.archive = archive
+        self.page = page
+        self.max_pending = max_pending
+        self.presence_ttl = presence_ttl
+        self.linger = linger
+        self.reap_interval = reap_interval
+        self._wall = wall_clock
+        self._rooms: dict[str, set[Subscription]] = {}
+        # connection id -> (room, user, session) for sockets kept present by heartbeat
+        self._sockets: dict[str, tuple[str, str, str]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.stats = Stats()
+        self.closing = False
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        self.backend.set_listener(self._on_events)
+        await self.backend.start()
+        self._tasks = [
+            asyncio.create_task(self._reaper(), name="chatroom-presence-reaper"),
+            asyncio.create_task(self._heartbeat(), name="chatroom-presence-heartbeat"),
+        ]
+
+    def shutdown(self) -> None:
+        """Stop serving: every subscription ends now; new ones end at once."""
+        self.closing = True
+        for sub in [s for subs in self._rooms.values() for s in subs]:
+            sub.close()
+
+    async def close(self) -> None:
+        self.shutdown()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.backend.close()
+
+    # --- publishing ------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(self._wall() * 1000)
+
+    async def say(
+        self, room: str, user: str, session: str, text: object, client_id: object = None
+    ) -> Stored:
+        """Store a message; answers once it is durable. Raises InvalidInput for bad input."""
+        clean = validate_text(text)
+        if client_id is not None and (
+            not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID
+        ):
+            raise InvalidInput(
+                    "client_id", f"client_id must be a string of 1 to {MAX_CLIENT_ID} characters"
+                )
+        draft = Draft("message", user, self._now_ms(), clean, session, client_id or None)
+        stored = await self.backend.append(room, draft)
+        if not stored.duplicate:
+            self.stats.published += 1
+        return stored
+
+    async def _announce(self, room: str, kind: EventType, user: str) -> None:
+        try:
+            await self.backend.append(room, Draft(kind, user, self._now_ms()))
+            self.stats.published += 1
+        except Exception as exc:
+            log.warning("could not store %s of %r in %r: %s", kind, user, room, exc)
+
+    def _on_events(self, room: str, events: Sequence[Event]) -> None:
+        subs = self._rooms.get(room)
+        if not subs:
+            return
+        self.stats.deliveries += len(events) * len(subs)
+        for sub in list(subs):
+            if not sub._push(events):
+                self.stats.cut_off += 1
+
+    # --- subscribing -----------------------------------------------------------
+
+    def subscribe(
+        self, room: str, cursor: Position | None = None, session: str | None = None
+    ) -> Subscription:
+        """Subscribe from `cursor` (None: the last `archive` events first, then live)."""
+        sub = Subscription(self, room, cursor, session)
+        subs = self._rooms.get(room)
+        if subs is None:
+            subs = self._rooms[room] = set()
+            self.backend.watch(room)
+        subs.add(sub)
+        if self.closing:
+            sub.close()
+        return sub
+
+    def _unregister(self, sub: Subscription) -> None:
+        subs = self._rooms.get(sub.room)
+        if subs is None:
+            return
+        subs.discard(sub)
+        if not subs:
+            del self._rooms[sub.room]
+            self.backend.unwatch(sub.room)
+
+    async def recent(self, room: str) -> tuple[list[Event], Position | None]:
+        """The archive a page renders: the last `archive` events and the newest position."""
+        page = await self.backend.read_after(room, None, self.archive)
+        return page.events, page.head
+
+    async def history(self, room: str, before: Position | None, limit: int) -> list[Event]:
+        """Page back through a room's history: up to `limit` events before `before`."""
+        return await self.backend.read_before(room, before, limit)
+
+    def subscribers(self, room: str | None = None) -> int:
+        if room is not None:
+            return len(self._rooms.get(room, ()))
+        return sum(len(s) for s in self._rooms.values())
+
+    # --- presence --------------------------------------------------------------
+
+    async def claim(self, room: str, user: str, session: str) -> None:
+        """Reserve `user` in `room` for this session (the welcome form). NicknameTaken if held."""
+        await self.poll(room, user, session)
+
+    async def check(self, room: str, user: str, session: str) -> None:
+        await self.backend.presence.check(room, user, session)
+
+    async def poll(self, room: str, user: str, session: str) -> None:
+        """A polling client asked for news: it stays present presence_ttl more seconds."""
+        conn = f"poll:{session}"
+        if await self.backend.presence.touch(room, user, session, conn, self.presence_ttl):
+            await self._announce(room, "join", user)
+
+    async def connect(self, room: str, user: str, session: str, conn: str) -> None:
+        """A socket opened: the user is present while it stays open."""
+        joined = await self.backend.presence.touch(room, user, session, conn, self.presence_ttl)
+        self._sockets[conn] = (room, user, session)
+        if joined:
+            await self._announce(room, "join", user)
+
+    async def disconnect(self, conn: str) -> None:
+        """A socket closed: its user stays present `linger` seconds (a reload is no leave)."""
+        entry = self._sockets.pop(conn, None)
+        if entry is None:
+            return
+        room, user, _ = entry
+        await self.backend.presence.release(room, user, conn, self.linger)
+
+    async def leave(self, room: str, user: str, session: str) -> None:
+        """The leave button: the member goes now and its subscriptions in the room end."""
+        if await self.backend.presence.leave(room, user, session):
+            await self._announce(room, "leave", user)
+        for sub in list(self._rooms.get(room, ())):
+            if sub.session == session:
+                sub.close()
+
+    async def members(self, room: str) -> list[str]:
+        return await self.backend.presence.members(room)
+
+    async def rooms(self) -> list[tuple[str, int]]:
+        """Rooms with history or members, busiest first, with their member counts."""
+        counts = await self.backend.presence.counts()
+        names = set(await self.backend.rooms()) | set(counts)
+        return sorted(((n, counts.get(n, 0)) for n in names), key=lambda r: (-r[1], r[0]))
+
+    async def _reaper(self) -> None:
+        while True:
+            await asyncio.sleep(self.reap_interval)
+            try:
+                for room, user in await self.backend.presence.expire():
+                    await self._announce(room, "leave", user)
+            except Exception as exc:
+                log.warning("presence expiry failed: %s", exc)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.presence_ttl / 3)
+            for conn, (room, user, session) in list(self._sockets.items()):
+                try:
+                    await self.backend.presence.touch(
+                        room, user, session, conn, self.presence_ttl
+                    )
+                except Exception as exc:
+                    log.warning("presence heartbeat for %r failed: %s", user, exc)

@@ -1,0 +1,33 @@
+"""Pick a backend by URL: sqlite:///path (default), memory://, redis://host:port/db."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from chatroom.broker.backend import Backend
+
+__all__ = ["DEFAULT_BACKEND", "open_backend"]
+
+DEFAULT_BACKEND = "sqlite:///chatroom.db"
+
+
+def open_backend(url: str, *, retention: int = 10_000) -> Backend:
+    """Build (not start) the backend a URL names. Raises ValueError for an unknown one."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "memory":
+        from chatroom.broker.memory import MemoryBackend
+
+        return MemoryBackend(retention=retention)
+    if scheme == "sqlite":
+        # sqlite:///relative.db and sqlite:////absolute/path.db, as SQLAlchemy spells them
+        path = url.split("://", 1)[1]
+        path = path[1:] if path.startswith("/") else path
+        if not path:
+            raise ValueError("sqlite backend needs a path: sqlite:///chatroom.db")
+        from chatroom.broker.sqlite import SQLiteBackend
+
+        return SQLiteBackend(path, retention=retention)
+    raise ValueError(
+        f"unknown backend {url!r}: use sqlite:///path, memory:// or redis://host:port/db"
+    )

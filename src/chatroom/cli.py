@@ -1,0 +1,149 @@
+"""`chatroom serve`: flags, each with a CHATROOM_* environment variable as its default."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+
+from aiohttp import web
+
+from chatroom.app import create_app
+from chatroom.broker.registry import DEFAULT_BACKEND
+from chatroom.config import Settings, load_secret
+
+__all__ = ["build_parser", "main", "serve", "settings_from"]
+
+log = logging.getLogger("chatroom")
+
+# How long a graceful stop may take before open connections are dropped.
+SHUTDOWN_TIMEOUT = 4.0
+
+
+def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    def default(name: str, fallback: str) -> str:
+        return env.get(f"CHATROOM_{name}") or fallback
+
+    parser = argparse.ArgumentParser(prog="chatroom", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the chat server")
+    serve_cmd.add_argument(
+        "--host", default=default("HOST", "127.0.0.1"), help="address to bind (CHATROOM_HOST)"
+    )
+    serve_cmd.add_argument(
+        "--port", type=int, default=int(default("PORT", "9000")), help="port (CHATROOM_PORT)"
+    )
+    serve_cmd.add_argument(
+        "--backend",
+        default=default("BACKEND", DEFAULT_BACKEND),
+        help="sqlite:///path (default), memory:// or redis://host:port/db (CHATROOM_BACKEND)",
+    )
+    serve_cmd.add_argument(
+        "--secret",
+        default=default("SECRET", ""),
+        help="cookie signing secret; every node of one chat must share it (CHATROOM_SECRET)",
+    )
+    serve_cmd.add_argument(
+        "--secret-file",
+        default=default("SECRET_FILE", ".chatroom-secret"),
+        help="where the secret is kept when --secret is not given (CHATROOM_SECRET_FILE)",
+    )
+    serve_cmd.add_argument(
+        "--retention",
+        type=int,
+        default=int(default("RETENTION", "10000")),
+        help="events kept per room (CHATROOM_RETENTION)",
+    )
+    serve_cmd.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[o for o in default("ALLOWED_ORIGINS", "").split(",") if o],
+        help="another origin allowed to open sockets and POST (CHATROOM_ALLOWED_ORIGINS)",
+    )
+    serve_cmd.add_argument(
+        "--secure-cookies",
+        action="store_true",
+        default=default("SECURE_COOKIES", "") in ("1", "true", "yes"),
+        help="mark the session cookie Secure, behind HTTPS (CHATROOM_SECURE_COOKIES)",
+    )
+    serve_cmd.add_argument(
+        "--log-level", default=default("LOG_LEVEL", "INFO"), help="(CHATROOM_LOG_LEVEL)"
+    )
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    if args.retention < 1:
+        raise SystemExit("chatroom: --retention must be at least 1")
+    return Settings(
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        secret=load_secret(args.secret, args.secret_file),
+        retention=args.retention,
+        allowed_origins=tuple(args.allowed_origin),
+        secure_cookies=args.secure_cookies,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully within SHUTDOWN_TIMEOUT seconds."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise SystemExit(
+            f"chatroom: cannot listen on {settings.host}:{settings.port}: {exc}"
+        ) from None
+    log.info(
+        "chatroom serving on http://%s:%d (pid %d)",
+        settings.host if ":" not in settings.host else f"[{settings.host}]",
+        settings.port,
+        os.getpid(),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("chatroom stopping: closing connections")
+    await runner.cleanup()
+    log.info("chatroom stopped")
+
+
+def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return None
+    return uvloop.Loop
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "serve":
+        try:
+            settings = settings_from(args)
+            loop_class = _loop_factory()
+            with asyncio.Runner(loop_factory=loop_class) as runner:
+                runner.run(serve(settings))
+        except ValueError as exc:
+            print(f"chatroom: {exc}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

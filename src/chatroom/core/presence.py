@@ -1,0 +1,112 @@
+"""Presence rules: who is in a room, as a pure table with the clock passed in.
+
+A member is a nickname in a room, bound to one session. A member has connections
+(a socket, or a poller's lease); each connection has an expiry time. A member is
+present while any of its connections has not expired. Persistent connections are
+re-touched on a heartbeat; a dropped one lingers briefly so that a reload or a
+reconnect is not seen as leave-then-join.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Member", "NicknameTaken", "PresenceTable"]
+
+
+class NicknameTaken(Exception):
+    """The nickname is held by another live session in this room."""
+
+    def __init__(self, room: str, user: str) -> None:
+        super().__init__(f"the nickname {user!r} is already in use in room {room!r}")
+        self.room = room
+        self.user = user
+
+
+@dataclass(slots=True)
+class Member:
+    session: str
+    # connection id -> time (seconds, caller's clock) after which it no longer counts
+    conns: dict[str, float] = field(default_factory=dict)
+
+    def alive(self, now: float) -> bool:
+        return any(until > now for until in self.conns.values())
+
+
+class PresenceTable:
+    """room -> nickname -> Member. Every method takes `now` from the caller's clock."""
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, dict[str, Member]] = {}
+
+    def touch(
+        self, room: str, user: str, session: str, conn: str, until: float, now: float
+    ) -> bool:
+        """Record that `conn` keeps `user` present until `until`. True if the user just joined.
+
+        Raises NicknameTaken when another session holds the nickname and is still present.
+        """
+        members = self._rooms.setdefault(room, {})
+        member = members.get(user)
+        if member is not None and member.session != session:
+            if member.alive(now):
+                raise NicknameTaken(room, user)
+            member = None
+        if member is None or not member.alive(now):
+            joined = True
+            member = Member(session)
+            members[user] = member
+        else:
+            joined = False
+        member.conns[conn] = max(until, member.conns.get(conn, until))
+        return joined
+
+    def check(self, room: str, user: str, session: str, now: float) -> None:
+        """Raise NicknameTaken if another live session holds `user` in `room`."""
+        member = self._rooms.get(room, {}).get(user)
+        if member is not None and member.session != session and member.alive(now):
+            raise NicknameTaken(room, user)
+
+    def release(self, room: str, user: str, conn: str, until: float) -> None:
+        """A connection closed: it keeps counting until `until` (a short linger)."""
+        member = self._rooms.get(room, {}).get(user)
+        if member is not None and conn in member.conns:
+            member.conns[conn] = min(member.conns[conn], until)
+
+    def leave(self, room: str, user: str, session: str, now: float) -> bool:
+        """Remove the member at once (the leave button). True if it was present."""
+        members = self._rooms.get(room, {})
+        member = members.get(user)
+        if member is None or member.session != session:
+            return False
+        del members[user]
+        if not members:
+            del self._rooms[room]
+        return member.alive(now)
+
+    def expire(self, now: float) -> list[tuple[str, str]]:
+        """Drop expired connections; return the (room, user) pairs that are now gone."""
+        gone: list[tuple[str, str]] = []
+        for room in list(self._rooms):
+            members = self._rooms[room]
+            for user in list(members):
+                member = members[user]
+                member.conns = {c: t for c, t in member.conns.items() if t > now}
+                if not member.conns:
+                    del members[user]
+                    gone.append((room, user))
+            if not members:
+                del self._rooms[room]
+        return gone
+
+    def members(self, room: str, now: float) -> list[str]:
+        members = self._rooms.get(room, {})
+        return sorted(user for user, m in members.items() if m.alive(now))
+
+    def counts(self, now: float) -> dict[str, int]:
+        result: dict[str, int] = {}
+        for room, members in self._rooms.items():
+            n = sum(1 for m in members.values() if m.alive(now))
+            if n:
+                result[room] = n
+        return result

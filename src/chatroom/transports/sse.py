@@ -1,0 +1,97 @@
+"""Server-Sent Events: `id:` is the event id; resumes from Last-Event-ID or lastReceived."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+
+from aiohttp import web
+
+from chatroom.broker import Delivery, SlowConsumer, Subscription
+from chatroom.core.events import read_cursor
+from chatroom.core.presence import NicknameTaken
+from chatroom.web.pages import new_conn_id
+from chatroom.web.state import chat_key, json_error, room_of
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+# A client that takes longer than this to accept a write is stalled: end its stream.
+_WRITE_TIMEOUT = 30.0
+
+
+
+async def _next(sub: Subscription) -> list[Delivery] | None:
+    try:
+        return await anext(sub)
+    except StopAsyncIteration:
+        return None
+
+
+@routes.get("/sse/room/events")
+async def events(request: web.Request) -> web.StreamResponse:
+    chat = request.app[chat_key]
+    room = room_of(request)
+    session = chat.session(request)
+    if session is None:
+        return json_error(401, "no_session", "no session: open / and pick a nickname")
+    cursor = read_cursor(
+        request.headers.get("Last-Event-ID") or request.query.get("lastReceived")
+    )
+    conn = new_conn_id()
+    try:
+        await chat.broker.connect(room, session.user, session.sid, conn)
+    except NicknameTaken as exc:
+        return json_error(409, "nickname_taken", str(exc))
+
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            # nginx: pass each event through at once
+            "X-Accel-Buffering": "no",
+        }
+    )
+    chat.connections["sse"] += 1
+    pending: asyncio.Task[list[Delivery] | None] | None = None
+    try:
+        await response.prepare(request)
+        # The browser's reconnect delay, jittered so a restart does not bring all back at once.
+        await response.write(f"retry: {random.randint(1000, 4000)}\n\n".encode())
+        async with chat.broker.subscribe(room, cursor, session=session.sid) as sub:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(_next(sub))
+                done, _ = await asyncio.wait({pending}, timeout=chat.settings.sse_heartbeat)
+                if not done:
+                    async with asyncio.timeout(_WRITE_TIMEOUT):
+                        await response.write(b": heartbeat\n\n")
+                    continue
+                try:
+                    batch = pending.result()
+                except SlowConsumer:
+                    await response.write(
+                        b'event: cutoff\ndata: {"type":"error","error":"too_slow",'
+                        b'"reason":"too slow: reconnect and resume from your last id"}\n\n'
+                    )
+                    break
+                pending = None
+                if batch is None:
+                    break
+                async with asyncio.timeout(_WRITE_TIMEOUT):
+                    await response.write(b"".join(item.sse for item in batch))
+    except (ConnectionResetError, TimeoutError):
+        # gone, or stalled past the write timeout: either way this stream is over
+        pass
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pending
+        chat.connections["sse"] -= 1
+        await chat.broker.disconnect(conn)
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+    return response

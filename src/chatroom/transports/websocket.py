@@ -1,0 +1,162 @@
+"""WebSocket: history (or events after lastReceived) then live, one JSON text frame each.
+
+Each text frame the client sends is one message: {"text": ..., "client_id": ...} or a
+bare JSON string. Bad frames get an error frame and the connection stays; binary
+frames close with 1003, invalid UTF-8 with 1007, oversized messages with 1009.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from chatroom.broker import BackendUnavailable, SlowConsumer, Subscription
+from chatroom.core.events import read_cursor
+from chatroom.core.presence import NicknameTaken
+from chatroom.core.validation import InvalidInput
+from chatroom.web.pages import new_conn_id
+from chatroom.web.security import Session, same_origin
+from chatroom.web.state import Chat, chat_key, json_error, room_of
+
+__all__ = ["CLOSE_LEFT", "CLOSE_NICKNAME_TAKEN", "CLOSE_TOO_SLOW", "routes"]
+
+log = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+# Application close codes (4000-4999 are ours to define).
+CLOSE_LEFT = 4000
+CLOSE_TOO_SLOW = 4008
+CLOSE_NICKNAME_TAKEN = 4009
+
+
+def _frame(kind: str, **fields: Any) -> str:
+    return orjson.dumps({"type": kind, **fields}).decode()
+
+
+@routes.get("/websocket/room/socket")
+async def socket(request: web.Request) -> web.StreamResponse:
+    chat = request.app[chat_key]
+    room = room_of(request)
+    if not same_origin(request, chat.settings.allowed_origins):
+        return json_error(403, "bad_origin", "WebSocket from another origin refused")
+    session = chat.session(request)
+    if session is None:
+        return json_error(401, "no_session", "no session: open / and pick a nickname")
+    cursor = read_cursor(request.query.get("lastReceived"))
+
+    ws = web.WebSocketResponse(
+        heartbeat=20.0,
+        max_msg_size=chat.settings.max_body,
+        # no per-socket deflate: every subscriber shares one encoded frame
+        compress=False,
+    )
+    await ws.prepare(request)
+    conn = new_conn_id()
+    try:
+        await chat.broker.connect(room, session.user, session.sid, conn)
+    except NicknameTaken as exc:
+        await ws.close(code=CLOSE_NICKNAME_TAKEN, message=str(exc)[:120].encode())
+        return ws
+    chat.sockets.add(ws)
+    chat.connections["websocket"] += 1
+    try:
+        async with chat.broker.subscribe(room, cursor, session=session.sid) as sub:
+            sender = asyncio.create_task(_send(ws, sub, chat))
+            try:
+                await _receive(ws, chat, room, session)
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+    finally:
+        chat.connections["websocket"] -= 1
+        chat.sockets.discard(ws)
+        await chat.broker.disconnect(conn)
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _send(ws: web.WebSocketResponse, sub: Subscription, chat: Chat) -> None:
+    try:
+        async for batch in sub:
+            for item in batch:
+                await ws.send_frame(item.data, WSMsgType.TEXT)
+    except SlowConsumer as exc:
+        await ws.close(code=CLOSE_TOO_SLOW, message=b"too slow: resume from your last id")
+        log.info("websocket cut off: %s", exc)
+        return
+    except ConnectionResetError:
+        return
+    # The subscription ended: the server is shutting down, or the user left.
+    if chat.broker.closing:
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+    else:
+        await ws.close(code=CLOSE_LEFT, message=b"you left the room")
+
+
+async def _receive(ws: web.WebSocketResponse, chat: Chat, room: str, session: Session) -> None:
+    async for msg in ws:
+        if msg.type == WSMsgType.TEXT:
+            reply = await _say(chat, room, session, msg.data)
+            if reply is not None:
+                await ws.send_str(reply)
+        elif msg.type == WSMsgType.BINARY:
+            await ws.close(
+                code=WSCloseCode.UNSUPPORTED_DATA, message=b"binary frames are not accepted"
+            )
+            return
+        elif msg.type == WSMsgType.ERROR:
+            # aiohttp has closed the socket already with the code that fits
+            # (1007 invalid UTF-8, 1009 too big, 1002 protocol error).
+            return
+
+
+async def _say(chat: Chat, room: str, session: Session, raw: str) -> str | None:
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _frame(
+            "error",
+            error="bad_json",
+            reason='each frame must be JSON: {"text": "...", "client_id": "..."} or "text"',
+        )
+    client_id: object = None
+    if isinstance(payload, str):
+        text: object = payload
+    elif isinstance(payload, dict):
+        text = payload.get("text")
+        client_id = payload.get("client_id")
+    else:
+        return _frame(
+            "error", error="bad_frame", reason='send {"text": "...", "client_id": "..."}'
+        )
+    wait = chat.limiter.check(session.sid)
+    if wait > 0:
+        return _frame(
+            "error",
+            error="rate_limited",
+            reason=f"too many messages: wait {wait:.1f} s and send again",
+            client_id=client_id if isinstance(client_id, str) else None,
+            retry_after=round(wait, 2),
+        )
+    try:
+        stored = await chat.broker.say(room, session.user, session.sid, text, client_id)
+    except InvalidInput as exc:
+        return _frame(
+            "error",
+            error="invalid",
+            reason=exc.reason,
+            client_id=client_id if isinstance(client_id, str) else None,
+        )
+    except BackendUnavailable as exc:
+        return _frame("error", error="unavailable", reason=str(exc))
+    if client_id is None:
+        return None
+    return _frame("ack", client_id=client_id, id=stored.event.id)

@@ -1,0 +1,1 @@
+"""The aiohttp application's HTTP side: pages, API, health, security."""

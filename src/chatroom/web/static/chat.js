@@ -1,0 +1,167 @@
+'use strict';
+// What every room page shares: rendering events (text only, never HTML), the member
+// list, the connection status, reconnect backoff with jitter, and the message box.
+const Chat = (() => {
+  const root = document.getElementById('room');
+  const thread = document.getElementById('thread');
+  const membersList = document.getElementById('members');
+  const statusEl = document.getElementById('status');
+  const errorEl = document.getElementById('error');
+  const form = document.getElementById('say');
+  const input = document.getElementById('message');
+  const room = root.dataset.room;
+  const me = root.dataset.user;
+  const csrf = root.dataset.csrf;
+  const technique = root.dataset.technique;
+  let lastId = root.dataset.lastId || null;
+  const seen = new Set();
+  for (const li of thread.children) seen.add(li.dataset.id);
+
+  function clock(ts) {
+    return new Date(ts).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  }
+  for (const t of thread.querySelectorAll('time[data-ts]')) t.textContent = clock(Number(t.dataset.ts));
+
+  function el(tag, cls, text) {
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function nearBottom() {
+    const box = thread.parentElement;
+    return box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+  }
+
+  function scrollDown() {
+    const box = thread.parentElement;
+    box.scrollTop = box.scrollHeight;
+  }
+
+  function setMembers(names) {
+    membersList.replaceChildren(...names.map((n) => {
+      const li = el('li', n === me ? 'me' : '', n);
+      return li;
+    }));
+  }
+
+  function memberJoined(name) {
+    const names = [...membersList.children].map((li) => li.textContent);
+    if (!names.includes(name)) setMembers([...names, name].sort());
+  }
+
+  function memberLeft(name) {
+    setMembers([...membersList.children].map((li) => li.textContent).filter((n) => n !== name));
+  }
+
+  // Events arrive in id order; a reset says the cursor could not be honoured.
+  function handle(events) {
+    const stick = nearBottom();
+    for (const ev of events) {
+      if (ev.type === 'reset') {
+        thread.append(el('li', 'notice reset', 'Some history could not be replayed; showing what the server keeps.'));
+        if (ev.id === null) lastId = null;
+        continue;
+      }
+      if (!ev.id || seen.has(ev.id)) continue;
+      seen.add(ev.id);
+      lastId = ev.id;
+      let li;
+      if (ev.type === 'message') {
+        li = el('li', ev.user === me ? 'message mine' : 'message');
+        li.append(el('span', 'user', ev.user), el('span', 'text', ev.text));
+        const time = el('time', '', clock(ev.timestamp));
+        time.dataset.ts = String(ev.timestamp);
+        li.append(time);
+      } else {
+        li = el('li', `notice ${ev.type}`);
+        li.append(el('span', 'user', ev.user), document.createTextNode(ev.type === 'join' ? ' joined' : ' left'));
+        if (ev.type === 'join') memberJoined(ev.user); else memberLeft(ev.user);
+      }
+      li.dataset.id = ev.id;
+      thread.append(li);
+    }
+    if (stick) scrollDown();
+  }
+
+  function status(state, text) {
+    statusEl.dataset.state = state;
+    statusEl.textContent = text;
+  }
+
+  function showError(text) {
+    if (!text) { errorEl.hidden = true; errorEl.textContent = ''; return; }
+    errorEl.textContent = text;
+    errorEl.hidden = false;
+  }
+
+  // 0.5 s doubling to 30 s, times a random factor: a restart does not bring every client back at once.
+  function backoff(attempt) {
+    const base = Math.min(30000, 500 * 2 ** attempt);
+    return base / 2 + Math.random() * base / 2;
+  }
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  function newClientId() {
+    if (crypto.randomUUID) return crypto.randomUUID();
+    return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+  }
+
+  async function refreshMembers() {
+    try {
+      const r = await fetch(`/api/rooms/${encodeURIComponent(room)}/presence`, { cache: 'no-store' });
+      if (r.ok) setMembers((await r.json()).members);
+    } catch (_) { /* the next reconnect tries again */ }
+  }
+
+  // POST a message to the long-poll endpoint (used by Long Polling and SSE pages).
+  // Retries with the same client_id until an answer arrives: nothing lost, nothing doubled.
+  async function postMessage(text, clientId) {
+    for (let attempt = 0; ; attempt++) {
+      let r;
+      try {
+        r = await fetch(`/longpolling/room/messages?room=${encodeURIComponent(room)}`, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf },
+          body: JSON.stringify({ message: text, client_id: clientId }),
+          cache: 'no-store',
+        });
+      } catch (_) {
+        await sleep(backoff(attempt));
+        continue;
+      }
+      if (r.ok) return r.json();
+      let reason = `error ${r.status}`;
+      try { reason = (await r.json()).reason || reason; } catch (_) { /* not JSON */ }
+      if (r.status >= 500) { await sleep(backoff(attempt)); continue; }
+      throw new Error(reason);
+    }
+  }
+
+  // The message box: the technique supplies send(text, clientId) -> Promise.
+  function onSubmit(send) {
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const text = input.value;
+      if (!text.trim()) return;
+      const clientId = newClientId();
+      input.value = '';
+      showError('');
+      try {
+        await send(text, clientId);
+      } catch (err) {
+        showError(err.message);
+        if (!input.value) input.value = text;
+      }
+      input.focus();
+    });
+  }
+
+  return {
+    room, me, csrf, technique, root, thread, form, input,
+    get lastId() { return lastId; },
+    handle, status, showError, backoff, sleep, postMessage, onSubmit, refreshMembers, setMembers, el,
+  };
+})();

@@ -1,0 +1,26 @@
+'use strict';
+// Server-Sent Events: one stream of events; messages are sent with POST.
+(() => {
+  let attempt = 0;
+  function connect() {
+    const cursor = Chat.lastId ? `&lastReceived=${encodeURIComponent(Chat.lastId)}` : '';
+    const es = new EventSource(`/sse/room/events?room=${encodeURIComponent(Chat.room)}${cursor}`);
+    es.onopen = () => {
+      if (attempt > 0) Chat.refreshMembers();
+      attempt = 0;
+      Chat.status('live', 'connected (server-sent events)');
+    };
+    es.onmessage = (e) => Chat.handle([JSON.parse(e.data)]);
+    es.addEventListener('cutoff', (e) => {
+      Chat.status('reconnecting', JSON.parse(e.data).reason);
+    });
+    es.onerror = () => {
+      // Reconnect ourselves, from our own last id, with backoff and jitter.
+      es.close();
+      Chat.status('reconnecting', 'reconnecting…');
+      setTimeout(connect, Chat.backoff(attempt++));
+    };
+  }
+  Chat.onSubmit((text, clientId) => Chat.postMessage(text, clientId));
+  connect();
+})();
