@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from aiohttp import web
 
 from chatroom.app import create_app
-from chatroom.broker.registry import DEFAULT_BACKEND
+from chatroom.broker.registry import DEFAULT_BACKEND, is_shared
 from chatroom.config import Settings, load_secret
 
 __all__ = ["build_parser", "main", "serve", "settings_from"]
@@ -71,6 +71,15 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
         help="mark the session cookie Secure, behind HTTPS (CHATROOM_SECURE_COOKIES)",
     )
     serve_cmd.add_argument(
+        "--workers",
+        type=int,
+        default=int(default("WORKERS", "1")),
+        help="processes serving one port (SO_REUSEPORT); needs a shared backend such as "
+        "redis:// (CHATROOM_WORKERS)",
+    )
+    # set by the --workers supervisor for each worker it starts
+    serve_cmd.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve_cmd.add_argument(
         "--log-level", default=default("LOG_LEVEL", "INFO"), help="(CHATROOM_LOG_LEVEL)"
     )
     return parser
@@ -90,12 +99,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, reuse_port: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully within SHUTDOWN_TIMEOUT seconds."""
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError as exc:
@@ -127,18 +136,95 @@ def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
     return uvloop.Loop
 
 
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+
+
+def _run_one(settings: Settings, reuse_port: bool, log_level: str) -> None:
+    """One serving process (the only one, or a worker started by _run_workers)."""
+    _setup_logging(log_level)
+    if reuse_port:
+        # The supervisor forwards SIGTERM; a terminal's Ctrl-C reaches it, not us twice.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(settings, reuse_port=reuse_port))
+
+
+def _run_workers(settings: Settings, workers: int, log_level: str) -> int:
+    """Start `workers` processes on one port and supervise them until SIGTERM/SIGINT.
+
+    Each worker is `chatroom serve` with SO_REUSEPORT: the kernel spreads connections
+    over them. A worker that dies is started again.
+    """
+    import subprocess
+    import time
+
+    argv = [
+        sys.executable, "-m", "chatroom", "serve", "--reuse-port",
+        "--host", settings.host, "--port", str(settings.port),
+        "--backend", settings.backend, "--retention", str(settings.retention),
+        "--log-level", log_level,
+    ]
+    for origin in settings.allowed_origins:
+        argv += ["--allowed-origin", origin]
+    if settings.secure_cookies:
+        argv.append("--secure-cookies")
+    # Every worker must sign cookies with the same secret.
+    env = {**os.environ, "CHATROOM_SECRET": settings.secret.decode("latin-1")}
+    stopping = False
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, env=env)
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    procs = [start() for _ in range(workers)]
+    log.info("chatroom supervising %d workers on port %d", workers, settings.port)
+    while not stopping:
+        time.sleep(0.2)
+        for i, proc in enumerate(procs):
+            if proc.poll() is not None and not stopping:
+                log.error("worker %d exited with %s: starting another", proc.pid, proc.returncode)
+                time.sleep(1.0)
+                procs[i] = start()
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + SHUTDOWN_TIMEOUT + 1
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    log.info("chatroom stopped: all workers exited")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _setup_logging(str(args.log_level))
     if args.command == "serve":
         try:
             settings = settings_from(args)
-            loop_class = _loop_factory()
-            with asyncio.Runner(loop_factory=loop_class) as runner:
-                runner.run(serve(settings))
+            if args.workers < 1:
+                raise ValueError("--workers must be at least 1")
+            if args.workers > 1:
+                if not is_shared(settings.backend):
+                    raise ValueError(
+                        f"--workers {args.workers} needs a backend every process can share, "
+                        f"such as redis://127.0.0.1:6379/0; {settings.backend} lives in one "
+                        "process, so the chat would split into separate rooms"
+                    )
+                return _run_workers(settings, args.workers, str(args.log_level))
+            _run_one(settings, args.reuse_port, str(args.log_level))
         except ValueError as exc:
             print(f"chatroom: {exc}", file=sys.stderr)
             return 2

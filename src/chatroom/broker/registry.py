@@ -6,9 +6,14 @@ from urllib.parse import urlsplit
 
 from chatroom.broker.backend import Backend
 
-__all__ = ["DEFAULT_BACKEND", "open_backend"]
+__all__ = ["DEFAULT_BACKEND", "is_shared", "open_backend"]
 
 DEFAULT_BACKEND = "sqlite:///chatroom.db"
+
+
+def is_shared(url: str) -> bool:
+    """Whether processes on several machines can share the backend a URL names."""
+    return urlsplit(url).scheme.lower() in ("redis", "rediss")
 
 
 def open_backend(url: str, *, retention: int = 10_000) -> Backend:
@@ -28,6 +33,14 @@ def open_backend(url: str, *, retention: int = 10_000) -> Backend:
         from chatroom.broker.sqlite import SQLiteBackend
 
         return SQLiteBackend(path, retention=retention)
+    if scheme in ("redis", "rediss"):
+        try:
+            from chatroom.broker.redis import RedisBackend
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ValueError(
+                "the redis backend needs redis-py: pip install 'chatroom[redis]'"
+            ) from exc
+        return RedisBackend(url, retention=retention)
     raise ValueError(
         f"unknown backend {url!r}: use sqlite:///path, memory:// or redis://host:port/db"
     )

@@ -92,7 +92,7 @@ async def demo(request: web.Request) -> web.StreamResponse:
         secure=chat.settings.secure_cookies,
         path="/",
     )
-    return response
+    raise response
 
 
 def _to_welcome(room: str, technique: str, error: str) -> web.HTTPSeeOther:

@@ -1,0 +1,566 @@
+"""redis://host:port/db: many processes on many machines sharing one Redis.
+
+One stream per room (`chatroom:{room}:stream`); entry ids are `<offset>-0`, so the
+stream id is the event's offset. Appending is one Lua script: idempotency check,
+offset increment, XADD with an approximate MAXLEN, all atomic per room. The epoch
+lives in the room's meta hash: if Redis loses the stream (restart without
+persistence), a new epoch is drawn and old cursors get a reset.
+
+Each process reads the streams of the rooms it has subscribers in with ONE blocking
+XREAD on one connection, and hands what it reads to the broker's listener, its own
+appends included: every node delivers in stream order.
+
+Presence is kept in Redis with expiries taken from Redis's own clock (TIME), so
+nodes with skewed clocks agree; scripts make join and leave transitions atomic, so
+each is reported exactly once in the whole cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from chatroom.broker.backend import BackendUnavailable, Draft, Listener, Page, Presence, Stored
+from chatroom.core.events import Event, Position, new_epoch
+from chatroom.core.presence import NicknameTaken
+
+__all__ = ["RedisBackend", "RedisPresence"]
+
+log = logging.getLogger(__name__)
+
+# How long a retried say is recognised by its client_id (seconds).
+SAID_TTL = 24 * 3600
+# Longest a blocking XREAD waits before the reader looks at its room list again (ms).
+BLOCK_MS = 2000
+# Most entries one XREAD hands back.
+READ_COUNT = 1000
+
+_APPEND = """
+-- KEYS: meta, stream, said (or ''), rooms set
+-- ARGV: room, data tail (the event JSON after its id), retention, fresh epoch, said ttl
+if KEYS[3] ~= '' then
+  local prev = redis.call('GET', KEYS[3])
+  if prev then
+    local found = redis.call('XRANGE', KEYS[2], prev .. '-0', prev .. '-0')
+    if #found > 0 then return {1, found[1][2][2]} end
+  end
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  -- a stream started afresh: never continue an old one's offsets under a new epoch
+  epoch = ARGV[4]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', 0)
+end
+local head = redis.call('HINCRBY', KEYS[1], 'head', 1)
+local data = '{"id":"' .. epoch .. '-' .. head .. '",' .. ARGV[2]
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], head .. '-0', 'd', data)
+if KEYS[3] ~= '' then redis.call('SET', KEYS[3], head, 'EX', ARGV[5]) end
+redis.call('SADD', KEYS[4], ARGV[1])
+return {0, data}
+"""
+
+_READ = """
+-- KEYS: meta, stream
+-- ARGV: mode ('last' | 'after' | 'before'), limit, cursor epoch, cursor offset
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'head')
+local epoch, head = meta[1], tonumber(meta[2])
+if not epoch then return {'', 0, 0, 0, {}} end
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+if #first == 0 then return {epoch, 0, 0, 0, {}} end
+local oldest = tonumber(string.match(first[1][1], '^(%d+)'))
+local mode, limit = ARGV[1], tonumber(ARGV[2])
+local out = {}
+local reset = 0
+if mode == 'last' then
+  local entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', limit)
+  for i = #entries, 1, -1 do out[#out + 1] = entries[i][2][2] end
+elseif mode == 'after' then
+  local offset = tonumber(ARGV[4])
+  local after = offset
+  if ARGV[3] ~= epoch or offset < oldest - 1 or offset > head then
+    reset = 1
+    after = oldest - 1
+  end
+  local entries = redis.call('XRANGE', KEYS[2], '(' .. after .. '-0', '+', 'COUNT', limit)
+  for i = 1, #entries do out[#out + 1] = entries[i][2][2] end
+else
+  if ARGV[3] ~= '' and ARGV[3] ~= epoch then return {epoch, 0, oldest, head, {}} end
+  local top = '+'
+  if ARGV[3] ~= '' then top = '(' .. ARGV[4] .. '-0' end
+  local entries = redis.call('XREVRANGE', KEYS[2], top, '-', 'COUNT', limit)
+  for i = #entries, 1, -1 do out[#out + 1] = entries[i][2][2] end
+end
+return {epoch, reset, oldest, head, out}
+"""
+
+# Presence: per room a hash user -> session, a zset user -> latest expiry, and per
+# user a zset conn -> expiry. Times are Redis's (ms).
+_PRESENCE_LIB = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function alive(ckey, now)
+  return #redis.call('ZRANGEBYSCORE', ckey, '(' .. now, '+inf', 'LIMIT', 0, 1) > 0
+end
+local function restamp(users, ckey, user)
+  local top = redis.call('ZREVRANGE', ckey, 0, 0, 'WITHSCORES')
+  if #top == 0 then redis.call('ZREM', users, user) else redis.call('ZADD', users, top[2], user) end
+end
+"""
+
+_TOUCH = _PRESENCE_LIB + """
+-- KEYS: members, users, conns of user, presence rooms
+-- ARGV: room, user, session, conn, ttl ms
+local now = now_ms()
+local holder = redis.call('HGET', KEYS[1], ARGV[2])
+local joined = 0
+if holder and holder ~= ARGV[3] then
+  if alive(KEYS[3], now) then return -1 end
+  redis.call('DEL', KEYS[3])
+  holder = false
+end
+if not holder or not alive(KEYS[3], now) then
+  joined = 1
+  redis.call('DEL', KEYS[3])
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[3], 'GT', now + tonumber(ARGV[5]), ARGV[4])
+redis.call('ZADD', KEYS[3], 'NX', now + tonumber(ARGV[5]), ARGV[4])
+restamp(KEYS[2], KEYS[3], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[1])
+return joined
+"""
+
+_CHECK = _PRESENCE_LIB + """
+-- KEYS: members, conns of user; ARGV: user, session
+local holder = redis.call('HGET', KEYS[1], ARGV[1])
+if holder and holder ~= ARGV[2] and alive(KEYS[2], now_ms()) then return -1 end
+return 0
+"""
+
+_RELEASE = _PRESENCE_LIB + """
+-- KEYS: users, conns of user; ARGV: user, conn, linger ms
+local now = now_ms()
+if redis.call('ZSCORE', KEYS[2], ARGV[2]) then
+  redis.call('ZADD', KEYS[2], 'LT', now + tonumber(ARGV[3]), ARGV[2])
+  restamp(KEYS[1], KEYS[2], ARGV[1])
+end
+return 0
+"""
+
+_LEAVE = _PRESENCE_LIB + """
+-- KEYS: members, users, conns of user; ARGV: user, session
+local holder = redis.call('HGET', KEYS[1], ARGV[1])
+if holder ~= ARGV[2] then return 0 end
+local was = alive(KEYS[3], now_ms())
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
+if was then return 1 end
+return 0
+"""
+
+_EXPIRE = _PRESENCE_LIB + """
+-- KEYS: presence rooms; ARGV: key prefix. Returns room, user, room, user, ...
+local now = now_ms()
+local gone = {}
+for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local base = ARGV[1] .. '{' .. room .. '}:'
+  local users = base .. 'users'
+  for _, user in ipairs(redis.call('ZRANGEBYSCORE', users, '-inf', now)) do
+    local ckey = base .. 'c:' .. user
+    redis.call('ZREMRANGEBYSCORE', ckey, '-inf', now)
+    if redis.call('ZCARD', ckey) == 0 then
+      redis.call('HDEL', base .. 'members', user)
+      redis.call('ZREM', users, user)
+      gone[#gone + 1] = room
+      gone[#gone + 1] = user
+    else
+      restamp(users, ckey, user)
+    end
+  end
+  if redis.call('ZCARD', users) == 0 then redis.call('SREM', KEYS[1], room) end
+end
+return gone
+"""
+
+_MEMBERS = _PRESENCE_LIB + """
+-- KEYS: users
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now_ms(), '+inf')
+"""
+
+_COUNTS = _PRESENCE_LIB + """
+-- KEYS: presence rooms; ARGV: key prefix. Returns room, count, ...
+local now = now_ms()
+local out = {}
+for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local n = redis.call('ZCOUNT', ARGV[1] .. '{' .. room .. '}:users', '(' .. now, '+inf')
+  if n > 0 then out[#out + 1] = room; out[#out + 1] = n end
+end
+return out
+"""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _Keys:
+    """Key names; `{room}` is a hash tag, so one room's keys share a cluster slot."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.rooms = f"{prefix}rooms"
+        self.presence_rooms = f"{prefix}presence-rooms"
+
+    def base(self, room: str) -> str:
+        return f"{self.prefix}{{{room}}}:"
+
+    def stream(self, room: str) -> str:
+        return self.base(room) + "stream"
+
+    def meta(self, room: str) -> str:
+        return self.base(room) + "meta"
+
+    def said(self, room: str, session: str, client_id: str) -> str:
+        return self.base(room) + f"said:{session}:{client_id}"
+
+    def members(self, room: str) -> str:
+        return self.base(room) + "members"
+
+    def users(self, room: str) -> str:
+        return self.base(room) + "users"
+
+    def conns(self, room: str, user: str) -> str:
+        return self.base(room) + f"c:{user}"
+
+
+def _unavailable(exc: Exception) -> BackendUnavailable:
+    return BackendUnavailable(f"redis is unreachable: {exc}")
+
+
+class RedisPresence:
+    def __init__(self, client: aioredis.Redis, keys: _Keys) -> None:
+        self._r = client
+        self._k = keys
+        self._touch = client.register_script(_TOUCH)
+        self._check = client.register_script(_CHECK)
+        self._release = client.register_script(_RELEASE)
+        self._leave = client.register_script(_LEAVE)
+        self._expire = client.register_script(_EXPIRE)
+        self._members = client.register_script(_MEMBERS)
+        self._counts = client.register_script(_COUNTS)
+
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def touch(self, room: str, user: str, session: str, conn: str, ttl: float) -> bool:
+        k = self._k
+        result = await self._run(
+            self._touch,
+            [k.members(room), k.users(room), k.conns(room, user), k.presence_rooms],
+            [room, user, session, conn, int(ttl * 1000)],
+        )
+        if result == -1:
+            raise NicknameTaken(room, user)
+        return bool(result)
+
+    async def check(self, room: str, user: str, session: str) -> None:
+        k = self._k
+        result = await self._run(
+            self._check, [k.members(room), k.conns(room, user)], [user, session]
+        )
+        if result == -1:
+            raise NicknameTaken(room, user)
+
+    async def release(self, room: str, user: str, conn: str, linger: float) -> None:
+        k = self._k
+        await self._run(
+            self._release,
+            [k.users(room), k.conns(room, user)],
+            [user, conn, int(linger * 1000)],
+        )
+
+    async def leave(self, room: str, user: str, session: str) -> bool:
+        k = self._k
+        result = await self._run(
+            self._leave,
+            [k.members(room), k.users(room), k.conns(room, user)],
+            [user, session],
+        )
+        return bool(result)
+
+    async def expire(self) -> list[tuple[str, str]]:
+        flat = await self._run(self._expire, [self._k.presence_rooms], [self._k.prefix])
+        return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def members(self, room: str) -> list[str]:
+        users = await self._run(self._members, [self._k.users(room)], [])
+        return sorted(_text(u) for u in users)
+
+    async def counts(self) -> dict[str, int]:
+        flat = await self._run(self._counts, [self._k.presence_rooms], [self._k.prefix])
+        return {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+class RedisBackend:
+    shared = True
+
+    def __init__(self, url: str, retention: int = 10_000, prefix: str = "chatroom:") -> None:
+        self.name = url
+        self._url = url
+        self._retention = retention
+        self._keys = _Keys(prefix)
+        # No silent retries: a say re-sent after a lost reply could be stored twice.
+        options: dict[str, Any] = {
+            "retry": Retry(NoBackoff(), 0),
+            "socket_connect_timeout": 2.0,
+            "socket_timeout": 5.0,
+        }
+        self._redis = aioredis.Redis.from_url(url, **options)
+        self._reader = aioredis.Redis.from_url(url, single_connection_client=True, **options)
+        self._append = self._redis.register_script(_APPEND)
+        self._read = self._redis.register_script(_READ)
+        self.presence: Presence = RedisPresence(self._redis, self._keys)
+        self._listener: Listener | None = None
+        # rooms this process watches -> the stream id read up to
+        self._watched: dict[str, str] = {}
+        # lowest head seen by a read since a room was watched, not yet handed to XREAD
+        self._start: dict[str, int] = {}
+        self._epochs: dict[str, str] = {}
+        self._active: set[str] = set()
+        # reads in flight of rooms not yet in the XREAD
+        self._inflight: Counter[str] = Counter()
+        self._changed = asyncio.Event()
+        self._reader_id: int | None = None
+        self._unblocking: set[asyncio.Future[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._down = False
+
+    def set_listener(self, listener: Listener) -> None:
+        self._listener = listener
+
+    async def start(self) -> None:
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            # Start anyway: /readyz says unready and the reader keeps trying.
+            log.warning("redis %s is unreachable at start: %s", self.name, exc)
+        self._task = asyncio.create_task(self._read_loop(), name="chatroom-redis-reader")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._reader.aclose()
+        await self._redis.aclose()
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+
+    # --- writing ---------------------------------------------------------------
+
+    async def append(self, room: str, draft: Draft) -> Stored:
+        k = self._keys
+        wire: dict[str, Any] = {"room": room, "type": draft.type, "user": draft.user}
+        if draft.text is not None:
+            wire["text"] = draft.text
+        wire["timestamp"] = draft.timestamp
+        tail = orjson.dumps(wire)[1:]
+        said = (
+            k.said(room, draft.session, draft.client_id)
+            if draft.session and draft.client_id
+            else ""
+        )
+        try:
+            duplicate, data = await self._append(
+                keys=[k.meta(room), k.stream(room), said, k.rooms],
+                args=[room, tail, self._retention, new_epoch(), SAID_TTL],
+            )
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        return Stored(Event.decode(bytes(data)), duplicate=bool(duplicate))
+
+    # --- reading ---------------------------------------------------------------
+
+    async def _query(self, room: str, args: list[Any]) -> tuple[str, bool, int, int, list[Event]]:
+        k = self._keys
+        try:
+            epoch, reset, oldest, head, rows = await self._read(
+                keys=[k.meta(room), k.stream(room)], args=args
+            )
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        return _text(epoch), bool(reset), int(oldest), int(head), [
+            Event.decode(bytes(r)) for r in rows
+        ]
+
+    async def read_after(self, room: str, cursor: Position | None, limit: int) -> Page:
+        if cursor is None:
+            args: list[Any] = ["last", limit, "", 0]
+        else:
+            args = ["after", limit, cursor.epoch, cursor.offset]
+        # A read of a room not yet in the XREAD decides where XREAD must start: every
+        # event after the head this read saw has to reach the listener.
+        track = room in self._watched and room not in self._active
+        if track:
+            self._inflight[room] += 1
+        try:
+            epoch, reset, oldest, head, events = await self._query(room, args)
+        finally:
+            if track:
+                self._inflight[room] -= 1
+                if not self._inflight[room]:
+                    del self._inflight[room]
+                    self._wake_reader()
+        if track and room in self._watched:
+            self._start[room] = min(self._start.get(room, head), head)
+            if epoch:
+                self._epochs.setdefault(room, epoch)
+        if not epoch or not oldest:
+            return Page([], cursor is not None, None, None)
+        return Page(events, reset, Position(epoch, oldest), Position(epoch, head))
+
+    async def read_before(self, room: str, before: Position | None, limit: int) -> list[Event]:
+        args = ["before", limit, before.epoch if before else "", before.offset if before else 0]
+        _, _, _, _, events = await self._query(room, args)
+        return events
+
+    async def rooms(self) -> list[str]:
+        try:
+            names = await self._redis.smembers(self._keys.rooms)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        return sorted(_text(n) for n in names)
+
+    # --- the one XREAD per process ----------------------------------------------
+
+    def watch(self, room: str) -> None:
+        if room not in self._watched:
+            self._watched[room] = ""
+            self._wake_reader()
+
+    def unwatch(self, room: str) -> None:
+        if self._watched.pop(room, None) is not None:
+            self._start.pop(room, None)
+            self._epochs.pop(room, None)
+            self._active.discard(room)
+            self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        self._changed.set()
+        if self._reader_id is not None:
+            # Interrupt the blocking XREAD so it picks up the new room list now.
+            task = asyncio.ensure_future(self._unblock(self._reader_id))
+            self._unblocking.add(task)
+            task.add_done_callback(self._unblocking.discard)
+
+    async def _unblock(self, client_id: int) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.client_unblock(client_id)
+
+    async def _refresh_starts(self) -> None:
+        """Give each newly watched room the stream id its XREAD starts after.
+
+        That is the lowest head any read of the room saw before it joined the XREAD,
+        so nothing a subscriber did not read is skipped. A room with a read still in
+        flight waits for it; a room nobody has read yet starts at the current head.
+        """
+        k = self._keys
+        self._active &= set(self._watched)
+        for room in list(self._watched):
+            if room in self._active or self._inflight.get(room):
+                continue
+            if room not in self._start:
+                meta = await self._redis.hmget(k.meta(room), ["epoch", "head"])
+                if room not in self._watched or self._inflight.get(room) or room in self._start:
+                    continue  # a read began meanwhile: decide on the next pass
+                self._start[room] = int(meta[1] or 0)
+                if meta[0]:
+                    self._epochs.setdefault(room, _text(meta[0]))
+            self._watched[room] = f"{self._start.pop(room)}-0"
+            self._active.add(room)
+
+    async def _check_epochs(self) -> None:
+        """After Redis came back: a room whose stream started afresh is read from its start."""
+        k = self._keys
+        for room in list(self._active):
+            epoch = await self._redis.hget(k.meta(room), "epoch")
+            if epoch is not None and _text(epoch) != self._epochs.get(room):
+                self._epochs[room] = _text(epoch)
+                self._watched[room] = "0-0"
+
+    async def _read_loop(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                if self._down:
+                    await self._redis.ping()
+                    await self._check_epochs()
+                    log.warning("redis %s is reachable again: resuming reads", self.name)
+                    self._down = False
+                    delay = 0.1
+                if not self._watched:
+                    self._changed.clear()
+                    await self._changed.wait()
+                    continue
+                self._changed.clear()
+                await self._refresh_starts()
+                if self._reader_id is None:
+                    self._reader_id = int(await self._reader.client_id())
+                streams: dict[Any, Any] = {
+                    self._keys.stream(r): self._watched[r] for r in self._active
+                }
+                if self._changed.is_set():
+                    continue
+                reply = await self._reader.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+                self._dispatch(reply)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self._reader_id = None
+                if not self._down:
+                    log.warning("redis %s: reading streams failed, retrying: %s", self.name, exc)
+                    self._down = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _dispatch(self, reply: Any) -> None:
+        if not reply:
+            return
+        items = reply.items() if isinstance(reply, dict) else reply
+        prefix_len = len(self._keys.prefix) + 1
+        for key, entries in items:
+            if not entries:
+                continue
+            name = _text(key)
+            room = name[prefix_len : name.rindex("}:")]
+            if room not in self._watched:
+                continue
+            events = [Event.decode(bytes(fields[b"d"])) for _, fields in entries]
+            self._watched[room] = _text(entries[-1][0])
+            if events and self._epochs.get(room) != events[-1].position.epoch:
+                self._epochs[room] = events[-1].position.epoch
+            if self._listener is not None:
+                self._listener(room, events)
+
+

@@ -1,0 +1,454 @@
+"""Helpers for tests that talk to a real server over real loopback sockets."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from chatroom.app import create_app
+from chatroom.broker import Backend, Broker
+from chatroom.config import Settings
+from chatroom.web.state import Chat, chat_key
+
+__all__ = ["SECRET", "Server", "login", "new_client", "start_server"]
+
+SECRET = b"test-secret-not-for-production"
+
+
+@dataclass
+class Server:
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+    port: int
+
+    @property
+    def chat(self) -> Chat:
+        return self.app[chat_key]
+
+    @property
+    def broker(self) -> Broker:
+        return self.chat.broker
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_server(
+    backend_url: str = "memory://", backend: Backend | None = None, **overrides: Any
+) -> Server:
+    """Serve the app on 127.0.0.1 on a free port."""
+    settings = Settings(backend=backend_url, secret=SECRET, port=0, **overrides)
+    app = create_app(settings, backend=backend)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = site._server
+    assert server is not None
+    sockets = getattr(server, "sockets", None)
+    assert sockets
+    port = int(sockets[0].getsockname()[1])
+    return Server(f"http://127.0.0.1:{port}", app, runner, port)
+
+
+def new_client() -> aiohttp.ClientSession:
+    # unsafe=True: keep cookies set by an IP-address host such as 127.0.0.1
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+_CSRF = re.compile(r'data-csrf="([^"]+)"')
+_LAST = re.compile(r'data-last-id="([^"]*)"')
+
+
+@dataclass
+class Login:
+    csrf: str
+    last_id: str
+    page: str
+
+
+async def login(
+    client: aiohttp.ClientSession,
+    server: Server,
+    user: str,
+    room: str = "lobby",
+    demo: str = "longpolling",
+) -> Login:
+    """Claim a nickname through /demo like a browser; return the room page's CSRF token."""
+    async with client.get(
+        f"{server.url}/demo", params={"user": user, "room": room, "demo": demo}
+    ) as response:
+        page = await response.text()
+        assert response.status == 200, page
+    csrf = _CSRF.search(page)
+    last = _LAST.search(page)
+    assert csrf and last, page
+    return Login(csrf.group(1), last.group(1), page)
+
+
+# --- helpers for the transport and web integration tests (appended) --------------
+
+import asyncio  # noqa: E402
+import base64  # noqa: E402
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import struct  # noqa: E402
+from collections.abc import AsyncIterator  # noqa: E402
+from contextlib import asynccontextmanager  # noqa: E402
+from html.parser import HTMLParser  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import orjson  # noqa: E402
+from yarl import URL  # noqa: E402
+
+from chatroom.web.security import COOKIE  # noqa: E402
+
+__all__ += [
+    "RawWebSocket",
+    "SSEEvent",
+    "SSEStream",
+    "Thread",
+    "cookie_of",
+    "free_port",
+    "history",
+    "poll",
+    "publish",
+    "say_lp",
+    "thread_messages",
+    "ws_json",
+    "ws_until",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cookie_of(client: aiohttp.ClientSession, server: Server) -> str:
+    """The signed session cookie the client holds for this server."""
+    morsel = client.cookie_jar.filter_cookies(URL(server.url)).get(COOKIE)
+    assert morsel is not None, "log in first"
+    return morsel.value
+
+
+async def publish(
+    server: Server, room: str, texts: list[str], user: str = "bot", session: str = "bot-sid"
+) -> list[str]:
+    """Store messages straight through the broker (no rate limit); return their ids."""
+    ids = []
+    for text in texts:
+        stored = await server.broker.say(room, user, session, text)
+        ids.append(stored.event.id)
+    return ids
+
+
+async def history(
+    client: aiohttp.ClientSession, server: Server, room: str = "lobby", limit: int = 500
+) -> list[dict[str, Any]]:
+    async with client.get(
+        f"{server.url}/api/rooms/{room}/history", params={"limit": str(limit)}
+    ) as response:
+        assert response.status == 200, await response.text()
+        body = await response.json()
+    events: list[dict[str, Any]] = body["events"]
+    return events
+
+
+async def poll(
+    client: aiohttp.ClientSession,
+    server: Server,
+    room: str = "lobby",
+    last: str | None = None,
+) -> list[dict[str, Any]]:
+    params = {"room": room}
+    if last is not None:
+        params["lastReceived"] = last
+    async with client.get(f"{server.url}/longpolling/room/messages", params=params) as response:
+        assert response.status == 200, await response.text()
+        events: list[dict[str, Any]] = await response.json()
+    return events
+
+
+async def say_lp(
+    client: aiohttp.ClientSession,
+    server: Server,
+    csrf: str,
+    text: str,
+    room: str = "lobby",
+    **fields: Any,
+) -> dict[str, Any]:
+    """Say through the long-poll POST (JSON); assert it was stored; return the event."""
+    async with client.post(
+        f"{server.url}/longpolling/room/messages",
+        params={"room": room},
+        json={"message": text, "csrf": csrf, **fields},
+    ) as response:
+        assert response.status == 200, await response.text()
+        event: dict[str, Any] = await response.json()
+    return event
+
+
+def ws_json(msg: aiohttp.WSMessage) -> dict[str, Any]:
+    assert msg.type == aiohttp.WSMsgType.TEXT, msg
+    data: dict[str, Any] = orjson.loads(msg.data)
+    return data
+
+
+async def ws_until(
+    ws: aiohttp.ClientWebSocketResponse,
+    done: Any,
+    within: float = 5.0,
+) -> list[dict[str, Any]]:
+    """Receive JSON frames until done(frames_so_far) is true; return them all."""
+    frames: list[dict[str, Any]] = []
+    async with asyncio.timeout(within):
+        while not done(frames):
+            msg = await ws.receive()
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                raise AssertionError(f"connection ended: {msg} code {ws.close_code}")
+            frames.append(ws_json(msg))
+    return frames
+
+
+@dataclass
+class SSEEvent:
+    id: str | None
+    event: str | None
+    data: str
+    comments: list[str]
+
+    def json(self) -> dict[str, Any]:
+        data: dict[str, Any] = orjson.loads(self.data)
+        return data
+
+
+class SSEStream:
+    """Parses a text/event-stream response block by block."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        # comment lines seen in blocks that carried no data
+        self.comments: list[str] = []
+        self.retry: int | None = None
+
+    async def next(self, within: float = 5.0) -> SSEEvent | None:
+        """The next block with data; None at the end of the stream."""
+        async with asyncio.timeout(within):
+            while True:
+                block = await self._block()
+                if block is None:
+                    return None
+                if block.data or block.event:
+                    return block
+                self.comments.extend(block.comments)
+
+    async def _block(self) -> SSEEvent | None:
+        event = SSEEvent(None, None, "", [])
+        data: list[str] = []
+        seen = False
+        while True:
+            raw = await self.response.content.readline()
+            if not raw:
+                return event if seen else None
+            line = raw.decode().rstrip("\n")
+            if line == "":
+                if seen:
+                    event.data = "\n".join(data)
+                    return event
+                continue
+            seen = True
+            if line.startswith(":"):
+                event.comments.append(line[1:].strip())
+                continue
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "id":
+                event.id = value
+            elif name == "data":
+                data.append(value)
+            elif name == "event":
+                event.event = value
+            elif name == "retry":
+                self.retry = int(value)
+
+
+class Thread(HTMLParser):
+    """Collects (id, user, text) of every `#thread .message` item of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[tuple[str, str, str]] = []
+        self._in_thread = False
+        self._item: dict[str, str] | None = None
+        self._field: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attr = dict(attrs)
+        classes = (attr.get("class") or "").split()
+        if tag == "ol" and attr.get("id") == "thread":
+            self._in_thread = True
+        elif self._in_thread and tag == "li" and "message" in classes:
+            self._item = {"id": attr.get("data-id") or "", "user": "", "text": ""}
+        elif self._item is not None and tag == "span" and classes:
+            self._field = classes[0] if classes[0] in ("user", "text") else None
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "ol" and self._in_thread:
+            self._in_thread = False
+        elif tag == "span":
+            self._field = None
+        elif tag == "li" and self._item is not None:
+            item = self._item
+            self.messages.append((item["id"], item["user"], item["text"]))
+            self._item = None
+
+    def handle_data(self, data: str) -> None:
+        if self._item is not None and self._field is not None:
+            self._item[self._field] += data
+
+
+def thread_messages(page: str) -> list[tuple[str, str, str]]:
+    parser = Thread()
+    parser.feed(page)
+    parser.close()
+    return parser.messages
+
+
+class RawWebSocket:
+    """A WebSocket client written by hand, to send what a polite client never would."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int, head: str
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.status = status
+        self.head = head
+
+    @classmethod
+    async def connect(
+        cls,
+        server: Server,
+        path: str,
+        cookie: str | None,
+        *,
+        rcvbuf: int | None = None,
+        origin: str | None = None,
+    ) -> RawWebSocket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            # set before connect so the TCP window is small from the start
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", server.port))
+        except BaseException:
+            sock.close()
+            raise
+        reader, writer = await asyncio.open_connection(sock=sock)
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [
+            f"GET {path} HTTP/1.1",
+            f"Host: 127.0.0.1:{server.port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+        ]
+        if cookie is not None:
+            lines.append(f"Cookie: {COOKIE}={cookie}")
+        if origin is not None:
+            lines.append(f"Origin: {origin}")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await writer.drain()
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        status = int(head.split(" ", 2)[1])
+        return cls(reader, writer, status, head)
+
+    def send_frame(self, opcode: int, payload: bytes, *, fin: bool = True) -> None:
+        """Write one masked frame, as the protocol requires of a client."""
+        first = (0x80 if fin else 0) | opcode
+        size = len(payload)
+        if size < 126:
+            header = struct.pack("!BB", first, 0x80 | size)
+        elif size < 1 << 16:
+            header = struct.pack("!BBH", first, 0x80 | 126, size)
+        else:
+            header = struct.pack("!BBQ", first, 0x80 | 127, size)
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.writer.write(header + mask + masked)
+
+    async def read_frame(self) -> tuple[int, bytes]:
+        """(opcode, payload) of the next frame from the server (never masked)."""
+        first, second = await self.reader.readexactly(2)
+        size = second & 0x7F
+        if size == 126:
+            (size,) = struct.unpack("!H", await self.reader.readexactly(2))
+        elif size == 127:
+            (size,) = struct.unpack("!Q", await self.reader.readexactly(8))
+        return first & 0x0F, await self.reader.readexactly(size)
+
+    async def read_until_close(
+        self, within: float = 5.0
+    ) -> tuple[list[bytes], int | None, str]:
+        """Text payloads up to the close frame, then (texts, close code, close reason)."""
+        texts: list[bytes] = []
+        async with asyncio.timeout(within):
+            while True:
+                try:
+                    opcode, payload = await self.read_frame()
+                except asyncio.IncompleteReadError:
+                    return texts, None, ""
+                if opcode == 0x1:
+                    texts.append(payload)
+                elif opcode == 0x8:
+                    code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+                    return texts, code, payload[2:].decode(errors="replace")
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+
+__all__ += ["open_ws", "serving"]
+
+
+@asynccontextmanager
+async def serving(tmp_path: Path, **overrides: Any) -> AsyncIterator[Server]:
+    """start_server over SQLite in tmp_path with Settings overrides; stopped on exit."""
+    srv = await start_server(f"sqlite:///{tmp_path / 'chat.db'}", **overrides)
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+def open_ws(
+    client: aiohttp.ClientSession,
+    server: Server,
+    room: str = "lobby",
+    last: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """client.ws_connect to the room's socket (use with `async with`)."""
+    params = {"room": room}
+    if last is not None:
+        params["lastReceived"] = last
+    return client.ws_connect(
+        f"{server.ws_url}/websocket/room/socket", params=params, **kwargs
+    )
