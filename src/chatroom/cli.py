@@ -77,17 +77,37 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
         help="processes serving one port (SO_REUSEPORT); needs a shared backend such as "
         "redis:// (CHATROOM_WORKERS)",
     )
+    serve_cmd.add_argument(
+        "--rate-limit",
+        type=float,
+        default=float(default("RATE_LIMIT", "5")),
+        help="messages a second one session may say (CHATROOM_RATE_LIMIT)",
+    )
+    serve_cmd.add_argument(
+        "--rate-burst",
+        type=float,
+        default=float(default("RATE_BURST", "10")),
+        help="messages one session may say at once (CHATROOM_RATE_BURST)",
+    )
     # set by the --workers supervisor for each worker it starts
     serve_cmd.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve_cmd.add_argument(
         "--log-level", default=default("LOG_LEVEL", "INFO"), help="(CHATROOM_LOG_LEVEL)"
     )
+    bench_cmd = commands.add_parser(
+        "bench", help="measure fan-out: deliveries/s, latency, CPU per delivery"
+    )
+    from chatroom.bench.run import add_arguments
+
+    add_arguments(bench_cmd)
     return parser
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     if args.retention < 1:
-        raise SystemExit("chatroom: --retention must be at least 1")
+        raise ValueError("--retention must be at least 1")
+    if args.rate_limit <= 0 or args.rate_burst < 1:
+        raise ValueError("--rate-limit must be above 0 and --rate-burst at least 1")
     return Settings(
         host=args.host,
         port=args.port,
@@ -96,6 +116,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         retention=args.retention,
         allowed_origins=tuple(args.allowed_origin),
         secure_cookies=args.secure_cookies,
+        rate=args.rate_limit,
+        burst=args.rate_burst,
     )
 
 
@@ -167,6 +189,7 @@ def _run_workers(settings: Settings, workers: int, log_level: str) -> int:
         "--host", settings.host, "--port", str(settings.port),
         "--backend", settings.backend, "--retention", str(settings.retention),
         "--log-level", log_level,
+        "--rate-limit", str(settings.rate), "--rate-burst", str(settings.burst),
     ]
     for origin in settings.allowed_origins:
         argv += ["--allowed-origin", origin]
@@ -210,7 +233,11 @@ def _run_workers(settings: Settings, workers: int, log_level: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(str(args.log_level))
+    _setup_logging(str(getattr(args, "log_level", "INFO")))
+    if args.command == "bench":
+        from chatroom.bench.run import main as bench_main
+
+        return bench_main(args)
     if args.command == "serve":
         try:
             settings = settings_from(args)

@@ -1,0 +1,373 @@
+"""The benchmark orchestrator: start a server, connect subscribers, publish, report.
+
+Latency is measured from each message's *intended* send time (an open-loop
+schedule), so a publisher that falls behind cannot hide latency. Server CPU is
+read from /proc (user + system time of the server and its worker processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import shlex
+import signal
+import socket
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from array import array
+from dataclasses import asdict, dataclass, field
+from http.cookiejar import CookieJar
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from chatroom.bench.wire import Tally, encode_text, mask_frame, open_client
+
+__all__ = ["Load", "Result", "add_arguments", "main", "run_chatroom"]
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+@dataclass
+class Load:
+    technique: str = "websocket"
+    subscribers: int = 200
+    rate: float = 20.0
+    duration: float = 10.0
+    payload: int = 100
+    processes: int = 2
+    # seconds to wait after the last send for deliveries to finish
+    drain: float = 2.0
+
+
+@dataclass
+class Result:
+    server: str
+    technique: str
+    subscribers: int
+    rate: float
+    duration: float
+    payload: int
+    sent: int = 0
+    deliveries: int = 0
+    deliveries_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    p999_ms: float = 0.0
+    max_ms: float = 0.0
+    cpu_us_per_delivery: float | None = None
+    rss_kb_per_connection: float | None = None
+    lost: int = 0
+    duplicated: int = 0
+    out_of_order: int = 0
+    connect_failures: int = 0
+    command: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --- /proc ---------------------------------------------------------------------
+
+
+def _descendants(pid: int) -> list[int]:
+    """pid and every process below it (workers of a supervisor)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, []))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0
+    for p in _descendants(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    total = 0
+    for p in _descendants(pid):
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * _PAGE
+        except OSError:
+            continue
+    return total
+
+
+def percentile(sorted_values: array[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return float(sorted_values[index])
+
+
+# --- the server under test ---------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_ready(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server at {url} did not become ready")
+        time.sleep(0.1)
+
+
+def start_chatroom(backend: str, workers: int, port: int) -> Any:
+    import subprocess
+
+    argv = [
+        sys.executable, "-m", "chatroom", "serve", "--host", "127.0.0.1", "--port", str(port),
+        "--backend", backend, "--secret", "bench-secret", "--workers", str(workers),
+        # the publisher speaks for everyone: lift the per-session limit
+        "--rate-limit", "1000000", "--rate-burst", "1000000", "--log-level", "WARNING",
+    ]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    _wait_ready(f"http://127.0.0.1:{port}")
+    return proc
+
+
+def login_cookie(base: str, user: str, room: str) -> str:
+    jar = CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    query = urllib.parse.urlencode({"user": user, "room": room, "demo": "websocket"})
+    with opener.open(f"{base}/demo?{query}", timeout=10) as r:
+        r.read()
+    return "; ".join(f"{c.name}={c.value}" for c in jar)
+
+
+# --- client processes ----------------------------------------------------------------
+
+
+async def _spawn_clients(
+    load: Load, host: str, port: int, path: str, room: str, cookie: str, max_messages: int
+) -> list[asyncio.subprocess.Process]:
+    procs = []
+    share = [load.subscribers // load.processes] * load.processes
+    for i in range(load.subscribers % load.processes):
+        share[i] += 1
+    for count in share:
+        if not count:
+            continue
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chatroom.bench.client",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdin is not None
+        config = {
+            "host": host, "port": port, "technique": load.technique, "count": count,
+            "cookie": cookie, "path": path, "room": room, "max_messages": max_messages,
+        }
+        proc.stdin.write(orjson.dumps(config) + b"\n")
+        await proc.stdin.drain()
+        procs.append(proc)
+    for proc in procs:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 300)
+        if not line.startswith(b"ready"):
+            raise RuntimeError(f"client process failed to start: {line!r}")
+    return procs
+
+
+async def _collect(procs: list[asyncio.subprocess.Process], sent: int) -> list[dict[str, Any]]:
+    results = []
+    for proc in procs:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.write(f"stop {sent}\n".encode())
+        await proc.stdin.drain()
+    for proc in procs:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 120)
+        results.append(orjson.loads(line))
+        await proc.wait()
+    return results
+
+
+# --- publishing ------------------------------------------------------------------------
+
+
+async def _publish(
+    load: Load, host: str, port: int, path: str, cookie: str, frame_kind: str
+) -> int:
+    """Send rate*duration messages on an open-loop schedule; returns how many were sent."""
+    tally = Tally(expected_max=8)
+    transport = await open_client("websocket", host, port, path, cookie, tally)
+    total = int(load.rate * load.duration)
+    interval_ns = int(1e9 / load.rate)
+    start = time.monotonic_ns() + 50_000_000
+    for seq in range(total):
+        intended = start + seq * interval_ns
+        delay = (intended - time.monotonic_ns()) / 1e9
+        if delay > 0:
+            await asyncio.sleep(delay)
+        text = encode_text(seq, intended, load.payload)
+        payload = orjson.dumps(text) if frame_kind == "json" else text.encode()
+        if frame_kind == "socketio":
+            payload = b"42" + orjson.dumps(["message", text])
+        transport.write(mask_frame(payload))
+    await asyncio.sleep(load.drain)
+    transport.close()
+    return total
+
+
+def summarise(
+    name: str, load: Load, sent: int, results: list[dict[str, Any]], cpu: float | None,
+    rss_per_conn: float | None, command: str,
+) -> Result:
+    latencies = array("f")
+    for r in results:
+        latencies.frombytes(base64.b64decode(r["latencies_us"]))
+    ordered = array("f", sorted(latencies))
+    deliveries = sum(r["received"] for r in results)
+    return Result(
+        server=name,
+        technique=load.technique,
+        subscribers=load.subscribers,
+        rate=load.rate,
+        duration=load.duration,
+        payload=load.payload,
+        sent=sent,
+        deliveries=deliveries,
+        deliveries_per_s=round(deliveries / load.duration, 1),
+        p50_ms=round(percentile(ordered, 0.50) / 1000, 2),
+        p99_ms=round(percentile(ordered, 0.99) / 1000, 2),
+        p999_ms=round(percentile(ordered, 0.999) / 1000, 2),
+        max_ms=round(float(ordered[-1]) / 1000 if ordered else 0.0, 2),
+        cpu_us_per_delivery=round(cpu * 1e6 / deliveries, 2) if cpu and deliveries else None,
+        rss_kb_per_connection=round(rss_per_conn / 1024, 2) if rss_per_conn else None,
+        lost=sum(r["lost"] for r in results),
+        duplicated=sum(r["duplicates"] for r in results),
+        out_of_order=sum(r["out_of_order"] for r in results),
+        connect_failures=sum(r["connect_failures"] for r in results),
+        command=command,
+    )
+
+
+async def run_chatroom(
+    load: Load, backend: str, workers: int = 1, command: str = "", name: str = "chatroom"
+) -> Result:
+    """Start chatroom, run the load, stop it; the figures as a Result."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = await asyncio.to_thread(start_chatroom, backend, workers, port)
+    try:
+        room = f"bench-{os.getpid()}-{port}"
+        sub_cookie = await asyncio.to_thread(login_cookie, base, "bench-sub", room)
+        pub_cookie = await asyncio.to_thread(login_cookie, base, "bench-pub", room)
+        paths = {
+            "websocket": f"/websocket/room/socket?room={room}",
+            "sse": f"/sse/room/events?room={room}",
+            "longpolling": f"/longpolling/room/messages?room={room}",
+        }
+        total = int(load.rate * load.duration)
+        rss0 = rss_bytes(proc.pid)
+        clients = await _spawn_clients(
+            load, "127.0.0.1", port, paths[load.technique], room, sub_cookie, total
+        )
+        await asyncio.sleep(0.5)
+        rss1 = rss_bytes(proc.pid)
+        cpu0 = cpu_seconds(proc.pid)
+        sent = await _publish(
+            load, "127.0.0.1", port, f"/websocket/room/socket?room={room}", pub_cookie, "json"
+        )
+        cpu1 = cpu_seconds(proc.pid)
+        results = await _collect(clients, sent)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 15)
+    return summarise(
+        name, load, sent, results, cpu1 - cpu0, (rss1 - rss0) / max(1, load.subscribers), command
+    )
+
+
+# --- output ------------------------------------------------------------------------------
+
+_COLUMNS = [
+    ("server", "server"), ("technique", "technique"), ("subscribers", "subs"),
+    ("rate", "msg/s"), ("deliveries_per_s", "deliveries/s"), ("p50_ms", "p50 ms"),
+    ("p99_ms", "p99 ms"), ("p999_ms", "p99.9 ms"), ("max_ms", "max ms"),
+    ("cpu_us_per_delivery", "CPU us/delivery"), ("rss_kb_per_connection", "KB/conn"),
+    ("lost", "lost"), ("duplicated", "dup"), ("out_of_order", "reordered"),
+]
+
+
+def markdown(results: list[Result]) -> str:
+    lines = [
+        "| " + " | ".join(title for _, title in _COLUMNS) + " |",
+        "|" + "---|" * len(_COLUMNS),
+    ]
+    for r in results:
+        row = asdict(r)
+        lines.append("| " + " | ".join(str(row[key]) for key, _ in _COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--technique", choices=["websocket", "sse", "longpolling"],
+                        default="websocket")
+    parser.add_argument("--subscribers", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=20.0, help="messages per second")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of publishing")
+    parser.add_argument("--payload", type=int, default=100, help="message text size in bytes")
+    parser.add_argument("--processes", type=int, default=2, help="client processes")
+    parser.add_argument("--backend", default="",
+                        help="backend URL for the server (default: SQLite in a temp dir)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--json", default="", help="append one JSON line per run to this file")
+
+
+def main(args: argparse.Namespace) -> int:
+    load = Load(
+        technique=args.technique, subscribers=args.subscribers, rate=args.rate,
+        duration=args.duration, payload=args.payload, processes=max(1, args.processes),
+    )
+    command = "chatroom bench " + shlex.join(sys.argv[2:] if len(sys.argv) > 2 else [])
+    with tempfile.TemporaryDirectory(prefix="chatroom-bench-") as tmp:
+        backend = args.backend or f"sqlite:///{tmp}/bench.db"
+        result = asyncio.run(run_chatroom(load, backend, args.workers, command))
+    result.extra["backend"] = backend.split("://")[0]
+    result.extra["workers"] = args.workers
+    line = orjson.dumps(asdict(result)).decode()
+    print(line)
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(line + "\n")
+    print()
+    print(markdown([result]))
+    print(f"\nmeasured with: {command}")
+    failed = result.lost or result.duplicated or result.out_of_order or result.connect_failures
+    return 1 if failed else 0
