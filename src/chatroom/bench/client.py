@@ -65,6 +65,10 @@ async def _run(config: dict[str, Any]) -> dict[str, Any]:
         "duplicates": tally.duplicates,
         "out_of_order": tally.out_of_order,
         "lost": tally.lost(sent) if sent else 0,
+        "missing_sample": max(
+            (tally.missing(c, sent) for c in range(len(tally.seen))), key=len, default=[]
+        ),
+        "closed_early": tally.closed,
         "latencies_us": base64.b64encode(tally.latencies_us.tobytes()).decode(),
     }
 

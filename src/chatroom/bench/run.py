@@ -274,6 +274,10 @@ def summarise(
         out_of_order=sum(r["out_of_order"] for r in results),
         connect_failures=sum(r["connect_failures"] for r in results),
         command=command,
+        extra={
+            "missing_sample": next((r["missing_sample"] for r in results if r["lost"]), []),
+            "closed_early": sum(r["closed_early"] for r in results),
+        },
     )
 
 

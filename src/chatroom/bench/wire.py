@@ -81,6 +81,12 @@ class Tally:
         self.received += 1
         self.latencies_us.append((now_ns - intended_ns) / 1000.0)
 
+    def missing(self, conn: int, sent: int, limit: int = 20) -> list[int]:
+        """The first few seqs below `sent` that connection `conn` never received."""
+        bitmap = self.seen[conn]
+        out = [s for s in range(sent) if not bitmap[s >> 3] & (1 << (s & 7))]
+        return out[:limit]
+
     def lost(self, sent: int) -> int:
         total = 0
         for bitmap in self.seen:

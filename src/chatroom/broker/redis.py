@@ -331,8 +331,15 @@ class RedisBackend:
             "socket_connect_timeout": 2.0,
             "socket_timeout": 5.0,
         }
-        self._redis = aioredis.Redis.from_url(url, **options)
-        self._reader = aioredis.Redis.from_url(url, single_connection_client=True, **options)
+        # A bounded pool that waits for a free connection: a burst of clients
+        # queues briefly instead of failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=64, timeout=5.0, **options
+        )
+        self._redis = aioredis.Redis(connection_pool=pool)
+        self._reader = aioredis.Redis.from_url(
+            url, single_connection_client=True, **options
+        )
         self._append = self._redis.register_script(_APPEND)
         self._read = self._redis.register_script(_READ)
         self.presence: Presence = RedisPresence(self._redis, self._keys)
@@ -519,12 +526,12 @@ class RedisBackend:
                     log.warning("redis %s is reachable again: resuming reads", self.name)
                     self._down = False
                     delay = 0.1
-                if not self._watched:
-                    self._changed.clear()
-                    await self._changed.wait()
-                    continue
                 self._changed.clear()
                 await self._refresh_starts()
+                if not self._active:
+                    # nothing to read yet (no room, or only rooms with reads in flight)
+                    await self._changed.wait()
+                    continue
                 if self._reader_id is None:
                     self._reader_id = int(await self._reader.client_id())
                 streams: dict[Any, Any] = {

@@ -8,7 +8,7 @@ import random
 
 from aiohttp import web
 
-from chatroom.broker import Delivery, SlowConsumer, Subscription
+from chatroom.broker import BackendUnavailable, Delivery, SlowConsumer, Subscription
 from chatroom.core.events import read_cursor
 from chatroom.core.presence import NicknameTaken
 from chatroom.web.pages import new_conn_id
@@ -75,6 +75,12 @@ async def events(request: web.Request) -> web.StreamResponse:
                     await response.write(
                         b'event: cutoff\ndata: {"type":"error","error":"too_slow",'
                         b'"reason":"too slow: reconnect and resume from your last id"}\n\n'
+                    )
+                    break
+                except BackendUnavailable:
+                    await response.write(
+                        b'event: cutoff\ndata: {"type":"error","error":"unavailable",'
+                        b'"reason":"backend unavailable: reconnect later from your last id"}\n\n'
                     )
                     break
                 pending = None

@@ -63,6 +63,9 @@ async def socket(request: web.Request) -> web.StreamResponse:
     except NicknameTaken as exc:
         await ws.close(code=CLOSE_NICKNAME_TAKEN, message=str(exc)[:120].encode())
         return ws
+    except BackendUnavailable:
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"backend unavailable: retry")
+        return ws
     chat.sockets.add(ws)
     chat.connections["websocket"] += 1
     try:
@@ -93,6 +96,11 @@ async def _send(ws: web.WebSocketResponse, sub: Subscription, chat: Chat) -> Non
         log.info("websocket cut off: %s", exc)
         return
     except ConnectionResetError:
+        return
+    except BackendUnavailable as exc:
+        # Could not read history: the client retries later from its cursor.
+        log.warning("websocket history read failed: %s", exc)
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"backend unavailable: retry")
         return
     # The subscription ended: the server is shutting down, or the user left.
     if chat.broker.closing:
