@@ -185,6 +185,8 @@ async def _spawn_clients(
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "chatroom.bench.client",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            # the result line carries every latency sample
+            limit=1 << 28,
         )
         assert proc.stdin is not None
         config = {
