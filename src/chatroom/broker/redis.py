@@ -376,7 +376,8 @@ class RedisBackend:
                 await self._task
             self._task = None
         await self._reader.aclose()
-        await self._redis.aclose()
+        # The pool was handed in, so aclose() alone would leave its connections open.
+        await self._redis.aclose(close_connection_pool=True)
 
     async def ping(self) -> None:
         try:
@@ -508,13 +509,27 @@ class RedisBackend:
             self._active.add(room)
 
     async def _check_epochs(self) -> None:
-        """After Redis came back: a room whose stream started afresh is read from its start."""
+        """After Redis came back: a room whose stream started afresh is read from its start.
+
+        So is a room whose stream is gone (a Redis without persistence restarted): the
+        next append starts it afresh at offset 1, below the id read up to before.
+        """
         k = self._keys
-        for room in list(self._active):
-            epoch = await self._redis.hget(k.meta(room), "epoch")
-            if epoch is not None and _text(epoch) != self._epochs.get(room):
-                self._epochs[room] = _text(epoch)
+        for room in list(self._watched):
+            if room not in self._active and room not in self._start:
+                continue  # its start is not decided yet: _refresh_starts reads it afresh
+            raw = await self._redis.hget(k.meta(room), "epoch")
+            epoch = None if raw is None else _text(raw)
+            if room not in self._watched or epoch == self._epochs.get(room):
+                continue
+            if epoch is None:
+                self._epochs.pop(room, None)
+            else:
+                self._epochs[room] = epoch
+            if room in self._active:
                 self._watched[room] = "0-0"
+            else:
+                self._start[room] = 0
 
     async def _read_loop(self) -> None:
         delay = 0.1

@@ -15,12 +15,52 @@ const Chat = (() => {
   const technique = root.dataset.technique;
   let lastId = root.dataset.lastId || null;
   const seen = new Set();
+  // Once the Leave button is pressed, no more polls or reconnects: the next one would
+  // bring this page back into the room while the browser is on its way out.
+  let leaving = false;
+  const leaveForm = root.querySelector('form.leave');
+  if (leaveForm) leaveForm.addEventListener('submit', () => { leaving = true; });
   for (const li of thread.children) seen.add(li.dataset.id);
 
   function clock(ts) {
     return new Date(ts).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
   }
-  for (const t of thread.querySelectorAll('time[data-ts]')) t.textContent = clock(Number(t.dataset.ts));
+
+  // One of eight colours per nickname (see style.css), the same on every page.
+  function hue(name) {
+    let h = 0;
+    for (const ch of name) h = (Math.imul(h, 31) + ch.codePointAt(0)) >>> 0;
+    return String(h % 8);
+  }
+
+  function paintMember(li) {
+    const name = li.textContent.trim();
+    li.dataset.hue = hue(name);
+    li.dataset.initial = name ? [...name][0].toUpperCase() : '?';
+  }
+
+  // Colour the name; a message right after one of the same person's (within 5 minutes)
+  // is a continuation and shows no name again.
+  function paint(li) {
+    const user = li.querySelector('.user');
+    if (!user) return;
+    user.dataset.hue = hue(user.textContent);
+    const prev = li.previousElementSibling;
+    if (!li.classList.contains('message') || !prev || !prev.classList.contains('message')) return;
+    const time = li.querySelector('time');
+    const prevTime = prev.querySelector('time');
+    const close = time && prevTime && Number(time.dataset.ts) - Number(prevTime.dataset.ts) < 300000;
+    if (close && prev.querySelector('.user').textContent === user.textContent) li.classList.add('cont');
+  }
+
+  // Server-rendered markup (the page, or the refresh page's new panel): local times, colours.
+  function decorate() {
+    for (const t of thread.querySelectorAll('time[data-ts]')) t.textContent = clock(Number(t.dataset.ts));
+    for (const li of thread.children) paint(li);
+    for (const li of membersList.children) paintMember(li);
+  }
+  decorate();
+  scrollDown();
 
   function el(tag, cls, text) {
     const node = document.createElement(tag);
@@ -42,6 +82,7 @@ const Chat = (() => {
   function setMembers(names) {
     membersList.replaceChildren(...names.map((n) => {
       const li = el('li', n === me ? 'me' : '', n);
+      paintMember(li);
       return li;
     }));
   }
@@ -57,7 +98,7 @@ const Chat = (() => {
 
   // Events arrive in id order; a reset says the cursor could not be honoured.
   function handle(events) {
-    const stick = nearBottom();
+    const stick = nearBottom() || events.some((ev) => ev.type === 'message' && ev.user === me);
     for (const ev of events) {
       if (ev.type === 'reset') {
         thread.append(el('li', 'notice reset', 'Some history could not be replayed; showing what the server keeps.'));
@@ -81,6 +122,7 @@ const Chat = (() => {
       }
       li.dataset.id = ev.id;
       thread.append(li);
+      paint(li);
     }
     if (stick) scrollDown();
   }
@@ -162,6 +204,7 @@ const Chat = (() => {
   return {
     room, me, csrf, technique, root, thread, form, input,
     get lastId() { return lastId; },
-    handle, status, showError, backoff, sleep, postMessage, onSubmit, refreshMembers, setMembers, el,
+    get leaving() { return leaving; },
+    handle, status, showError, decorate, nearBottom, scrollDown, backoff, sleep, postMessage, onSubmit, refreshMembers, setMembers, el,
   };
 })();

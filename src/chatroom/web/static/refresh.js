@@ -11,19 +11,16 @@
     const members = doc.getElementById('members');
     if (!thread || !members) return false;
     // Server-rendered, autoescaped markup: only text nodes carry what users typed.
-    const events = [...thread.children].map((li) => ({ li }));
-    Chat.thread.replaceChildren(...events.map((e) => document.adoptNode(e.li)));
-    for (const t of Chat.thread.querySelectorAll('time[data-ts]')) {
-      t.textContent = new Date(Number(t.dataset.ts)).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-    }
+    const stick = Chat.nearBottom();
+    Chat.thread.replaceChildren(...[...thread.children].map((li) => document.adoptNode(li)));
     document.getElementById('members').replaceChildren(...[...members.children].map((li) => document.adoptNode(li)));
-    const box = Chat.thread.parentElement;
-    box.scrollTop = box.scrollHeight;
+    Chat.decorate();
+    if (stick) Chat.scrollDown();
     return true;
   }
 
   async function refresh() {
-    if (busy) return;
+    if (busy || Chat.leaving) return;
     busy = true;
     try {
       const r = await fetch(location.pathname + location.search, { cache: 'no-store' });
@@ -48,8 +45,8 @@
       throw new Error(error && error.textContent ? error.textContent : `error ${r.status}`);
     }
     adopt(html);
+    Chat.scrollDown();
   });
-  const box = Chat.thread.parentElement;
-  box.scrollTop = box.scrollHeight;
+  Chat.status('static', 'refreshes every 5 s');
   setInterval(refresh, 5000);
 })();

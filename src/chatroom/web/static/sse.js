@@ -3,12 +3,13 @@
 (() => {
   let attempt = 0;
   function connect() {
+    if (Chat.leaving) return;
     const cursor = Chat.lastId ? `&lastReceived=${encodeURIComponent(Chat.lastId)}` : '';
     const es = new EventSource(`/sse/room/events?room=${encodeURIComponent(Chat.room)}${cursor}`);
     es.onopen = () => {
       if (attempt > 0) Chat.refreshMembers();
       attempt = 0;
-      Chat.status('live', 'connected (server-sent events)');
+      Chat.status('live', 'connected');
     };
     es.onmessage = (e) => Chat.handle([JSON.parse(e.data)]);
     es.addEventListener('cutoff', (e) => {
@@ -17,6 +18,7 @@
     es.onerror = () => {
       // Reconnect ourselves, from our own last id, with backoff and jitter.
       es.close();
+      if (Chat.leaving) return;
       Chat.status('reconnecting', 'reconnecting…');
       setTimeout(connect, Chat.backoff(attempt++));
     };

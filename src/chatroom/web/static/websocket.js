@@ -8,13 +8,14 @@
   let stopped = false;
 
   function connect() {
+    if (Chat.leaving) return;
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const cursor = Chat.lastId ? `&lastReceived=${encodeURIComponent(Chat.lastId)}` : '';
     ws = new WebSocket(`${proto}//${location.host}/websocket/room/socket?room=${encodeURIComponent(Chat.room)}${cursor}`);
     ws.onopen = () => {
       if (attempt > 0) Chat.refreshMembers();
       attempt = 0;
-      Chat.status('live', 'connected (websocket)');
+      Chat.status('live', 'connected');
       for (const [clientId, p] of pending) ws.send(JSON.stringify({ text: p.text, client_id: clientId }));
     };
     ws.onmessage = (e) => {
@@ -43,7 +44,7 @@
         Chat.status('error', e.reason || 'disconnected');
         return;
       }
-      if (stopped) return;
+      if (stopped || Chat.leaving) return;
       Chat.status('reconnecting', e.reason ? `reconnecting: ${e.reason}` : 'reconnecting…');
       setTimeout(connect, Chat.backoff(attempt++));
     };

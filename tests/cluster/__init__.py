@@ -1,0 +1,1 @@
+"""Many `chatroom serve` processes sharing one Redis, tested over real sockets."""
