@@ -109,8 +109,13 @@ class Subscription:
                 raise StopAsyncIteration
             if self._need_read:
                 self._reading = True
+                # cleared first: a push that overflows while this read is out sets it again
+                self._need_read = False
                 try:
                     batch = await self._read()
+                except BaseException:
+                    self._need_read = True
+                    raise
                 finally:
                     self._reading = False
                 if batch:
@@ -133,10 +138,16 @@ class Subscription:
         if not self._started and self._initial is None:
             page = await backend.read_after(self.room, None, self._broker.archive)
             self._started = True
-            self._need_read = False
             self._cursor = page.head
             return list(page.events)
-        page = await backend.read_after(self.room, self._cursor, page_size)
+        cursor = self._cursor
+        if cursor is None:
+            # Nothing of this stream seen yet (the room was empty): all it holds is news.
+            bounds = await backend.read_after(self.room, None, 0)
+            if bounds.oldest is None:
+                return []
+            cursor = Position(bounds.oldest.epoch, bounds.oldest.offset - 1)
+        page = await backend.read_after(self.room, cursor, page_size)
         self._started = True
         out: list[Delivery] = []
         if page.reset:
@@ -145,7 +156,8 @@ class Subscription:
         out.extend(page.events)
         if page.events:
             self._cursor = page.events[-1].position
-        self._need_read = len(page.events) >= page_size
+        if len(page.events) >= page_size:
+            self._need_read = True
         return out
 
     def _take_live(self) -> list[Delivery]:
@@ -171,10 +183,14 @@ class Subscription:
         if self._closed:
             return True
         if len(self._queue) + len(events) > self._broker.max_pending:
-            if self._reading or self._need_read:
-                # Catching up from the backend: it holds these; read them again after.
+            if self._reading or self._need_read or self._waiter is not None:
+                # Catching up from the backend, or waiting for news and handed more at once
+                # than fit (a group commit): the backend holds these; read them after.
                 self._queue.clear()
                 self._need_read = True
+                waiter = self._waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
                 return True
             self._fail(
                 SlowConsumer(
@@ -367,6 +383,10 @@ class Broker:
 
     async def leave(self, room: str, user: str, session: str) -> None:
         """The leave button: the member goes now and its subscriptions in the room end."""
+        # Its sockets no longer keep it present: the heartbeat would bring it back.
+        for conn, entry in list(self._sockets.items()):
+            if entry == (room, user, session):
+                del self._sockets[conn]
         if await self.backend.presence.leave(room, user, session):
             await self._announce(room, "leave", user)
         for sub in list(self._rooms.get(room, ())):

@@ -233,6 +233,10 @@ class SQLiteBackend:
         future: Future[T] = Future()
 
         def job() -> None:
+            # The caller was cancelled (a client went away): answering a cancelled
+            # future raises, which would end the writer thread and hang every say after.
+            if not future.set_running_or_notify_cancel():
+                return
             try:
                 future.set_result(fn())
             except Exception as exc:

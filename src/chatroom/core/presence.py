@@ -48,16 +48,17 @@ class PresenceTable:
         """
         members = self._rooms.setdefault(room, {})
         member = members.get(user)
+        # A member stays listed until its leave is reported (expire() or leave()): one
+        # that expired but was not reaped yet never left in the room's eyes, so its
+        # return is no second join.
+        joined = member is None
         if member is not None and member.session != session:
             if member.alive(now):
                 raise NicknameTaken(room, user)
             member = None
-        if member is None or not member.alive(now):
-            joined = True
+        if member is None:
             member = Member(session)
             members[user] = member
-        else:
-            joined = False
         member.conns[conn] = max(until, member.conns.get(conn, until))
         return joined
 
@@ -74,7 +75,10 @@ class PresenceTable:
             member.conns[conn] = min(member.conns[conn], until)
 
     def leave(self, room: str, user: str, session: str, now: float) -> bool:
-        """Remove the member at once (the leave button). True if it was present."""
+        """Remove the member at once (the leave button). True if it was a member.
+
+        One that expired but was not reaped yet counts: its leave was not reported yet.
+        """
         members = self._rooms.get(room, {})
         member = members.get(user)
         if member is None or member.session != session:
@@ -82,7 +86,7 @@ class PresenceTable:
         del members[user]
         if not members:
             del self._rooms[room]
-        return member.alive(now)
+        return True
 
     def expire(self, now: float) -> list[tuple[str, str]]:
         """Drop expired connections; return the (room, user) pairs that are now gone."""

@@ -35,7 +35,9 @@ def validate_room(value: str | None) -> str:
     """Lower-case and check a room name; an absent or empty one means `lobby`."""
     if value is None or value == "":
         return "lobby"
-    room = value.strip().lower()
+    room = value.strip()
+    # isascii first: str.lower() maps the Kelvin sign "\u212a" to an ASCII "k"
+    room = room.lower() if room.isascii() else room
     if not _ROOM.fullmatch(room):
         raise InvalidInput(
             "room", "room names are 1 to 64 characters of a-z, 0-9, '_' and '-'"
@@ -77,4 +79,9 @@ def validate_text(value: object) -> str:
         )
     if "\x00" in text:
         raise InvalidInput("text", "the message holds a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # a lone surrogate (e.g. from a JSON "\ud800" escape): no UTF-8, cannot be sent
+        raise InvalidInput("text", "the message is not valid Unicode text") from None
     return text

@@ -1,0 +1,86 @@
+"""Fixtures for the broker suites: one factory that opens any backend by kind.
+
+Every test that takes `backends` runs once per backend in BACKENDS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatroom.broker import Backend, Broker, open_backend
+from chatroom.broker.backend import Listener
+
+SQLITE_FILE = "chat.db"
+
+# The backends the contract suite and the broker suite run against. To add Redis:
+# uncomment its param and let `_url` take its URL from a redis-server fixture (a fresh
+# db or key prefix per test, as everything here assumes an empty backend).
+BACKENDS = [
+    pytest.param("memory", id="memory"),
+    pytest.param("sqlite", id="sqlite"),
+    # pytest.param("redis", id="redis", marks=pytest.mark.redis),
+]
+
+
+def _url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if kind == "memory":
+        return "memory://"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / SQLITE_FILE}"
+    # if kind == "redis":
+    #     return str(request.getfixturevalue("redis_url"))
+    raise AssertionError(f"no URL for backend kind {kind!r}")
+
+
+class Backends:
+    """Opens backends (and brokers over them) of one kind; closes them all at teardown."""
+
+    def __init__(self, kind: str, url: str, path: Path | None = None) -> None:
+        self.kind = kind
+        self.url = url
+        # the database file, for sqlite
+        self.path = path
+        self._open: list[Backend | Broker] = []
+
+    def open(self, retention: int = 10_000) -> Backend:
+        """Build a backend of this kind, not started. Same URL: same sqlite file."""
+        return open_backend(self.url, retention=retention)
+
+    async def start(self, retention: int = 10_000, listener: Listener | None = None) -> Backend:
+        backend = self.open(retention)
+        if listener is not None:
+            backend.set_listener(listener)
+        await backend.start()
+        self._open.append(backend)
+        return backend
+
+    async def broker(self, retention: int = 10_000, **options: Any) -> Broker:
+        broker = Broker(self.open(retention), **options)
+        await broker.start()
+        self._open.append(broker)
+        return broker
+
+    async def close(self) -> None:
+        while self._open:
+            await self._open.pop().close()
+
+
+@pytest.fixture(params=BACKENDS)
+async def backends(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backends]:
+    kind: str = request.param
+    path = tmp_path / SQLITE_FILE if kind == "sqlite" else None
+    factory = Backends(kind, _url(kind, request, tmp_path), path)
+    yield factory
+    await factory.close()
+
+
+@pytest.fixture
+async def sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backends]:
+    """SQLite only: for what only a file can show (durability, reopening, SIGKILL)."""
+    factory = Backends("sqlite", _url("sqlite", request, tmp_path), tmp_path / SQLITE_FILE)
+    yield factory
+    await factory.close()

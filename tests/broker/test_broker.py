@@ -1,0 +1,727 @@
+"""The Broker (chatroom.broker.broker) over every backend: subscribe, fan-out, presence.
+
+`backends` is parametrized in conftest.py; each test opens its broker with the
+options it needs (small presence times keep the presence tests well under 2 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chatroom.broker import Broker, Reset, SlowConsumer, Subscription
+from chatroom.broker.backend import Listener, Page
+from chatroom.broker.broker import Delivery
+from chatroom.broker.memory import MemoryBackend
+from chatroom.core.events import Event, Position
+from chatroom.core.presence import NicknameTaken
+from chatroom.core.validation import InvalidInput
+from tests.broker.conftest import Backends
+
+ROOM = "lobby"
+OTHER_EPOCH = "zz000000"
+
+
+async def say(broker: Broker, n: int, room: str = ROOM, *, together: bool = True) -> list[Event]:
+    """Say n messages (concurrently unless told not to); their events in id order."""
+    if together:
+        stored = await asyncio.gather(*(broker.say(room, "alice", "s1", f"m{i}") for i in range(n)))
+    else:
+        stored = [await broker.say(room, "alice", "s1", f"m{i}") for i in range(n)]
+    return sorted((s.event for s in stored), key=lambda e: e.offset)
+
+
+async def take(sub: Subscription, n: int, within: float = 2.0) -> list[Delivery]:
+    """Iterate until n events (resets not counted) arrived; fail after `within` seconds."""
+    got: list[Delivery] = []
+
+    async def run() -> None:
+        while sum(isinstance(d, Event) for d in got) < n:
+            got.extend(await anext(sub))
+
+    await asyncio.wait_for(run(), within)
+    return got
+
+
+def events_of(deliveries: Sequence[Delivery]) -> list[Event]:
+    return [d for d in deliveries if isinstance(d, Event)]
+
+
+def pending(sub: Subscription) -> int:
+    """How many events wait in the subscriber's queue (its memory)."""
+    return len(sub._queue)
+
+
+async def stored(broker: Broker, room: str = ROOM) -> list[tuple[str, str]]:
+    page = await broker.backend.read_after(room, None, 1000)
+    return [(e.type, e.user) for e in page.events]
+
+
+# --- subscribe -----------------------------------------------------------------------------
+
+
+async def test_no_cursor_gets_the_last_50_then_live(backends: Backends) -> None:
+    broker = await backends.broker()
+    said = await say(broker, 60)
+    async with broker.subscribe(ROOM) as sub:
+        assert await anext(sub) == said[-50:]
+        assert sub.cursor == said[-1].position
+        live = (await broker.say(ROOM, "bob", "s2", "live")).event
+        assert await take(sub, 1) == [live]
+
+
+async def test_no_cursor_in_an_empty_room_gets_live_events(backends: Backends) -> None:
+    broker = await backends.broker()
+    async with broker.subscribe(ROOM) as sub:
+        first = asyncio.create_task(take(sub, 3))
+        await asyncio.sleep(0.01)
+        said = await say(broker, 3, together=False)
+        assert await first == said
+
+
+async def test_resuming_from_a_cursor_has_no_gap_and_no_duplicate(backends: Backends) -> None:
+    broker = await backends.broker(page=4)
+    said = await say(broker, 10)
+    sub = broker.subscribe(ROOM, said[3].position)
+    # published after subscribing, before the first read: queued and in the backend
+    more = await say(broker, 5)
+    async with sub:
+        got = await take(sub, 11)
+        assert got == said[4:] + more
+        # and what comes while it reads along
+        consumer = asyncio.create_task(take(sub, 20))
+        later = await say(broker, 20, together=False)
+        assert await consumer == later
+    assert sub.cursor == later[-1].position
+
+
+async def test_resuming_at_the_head_gets_only_what_comes_next(backends: Backends) -> None:
+    broker = await backends.broker()
+    said = await say(broker, 3)
+    async with broker.subscribe(ROOM, said[-1].position) as sub:
+        consumer = asyncio.create_task(take(sub, 1))
+        await asyncio.sleep(0.01)
+        assert not consumer.done()
+        nxt = (await broker.say(ROOM, "bob", "s2", "next")).event
+        assert await consumer == [nxt]
+
+
+@pytest.mark.parametrize("cursor", ["other-epoch", "trimmed", "beyond-head"])
+async def test_reset_comes_first_when_the_cursor_is_unknown(
+    backends: Backends, cursor: str
+) -> None:
+    broker = await backends.broker(retention=5)
+    said = await say(broker, 12, together=False)
+    retained = said[-5:]
+    epoch = said[0].position.epoch
+    position = {
+        "other-epoch": Position(OTHER_EPOCH, 10),
+        "trimmed": Position(epoch, 2),
+        "beyond-head": Position(epoch, 40),
+    }[cursor]
+    async with broker.subscribe(ROOM, position) as sub:
+        got = await take(sub, 5)
+        reset = got[0]
+        assert isinstance(reset, Reset)
+        assert reset.oldest == retained[0].position
+        assert reset.id is None  # nothing to resume from
+        assert orjson.loads(reset.data) == {"type": "reset", "id": retained[0].id}
+        assert got[1:] == retained
+        live = (await broker.say(ROOM, "bob", "s2", "after the reset")).event
+        assert await take(sub, 1) == [live]
+
+
+async def test_a_cursor_into_an_empty_room_is_reset_then_live(backends: Backends) -> None:
+    broker = await backends.broker()
+    async with broker.subscribe(ROOM, Position(OTHER_EPOCH, 7)) as sub:
+        got = await anext(sub)
+        assert len(got) == 1
+        assert isinstance(got[0], Reset)
+        assert got[0].oldest is None
+        consumer = asyncio.create_task(take(sub, 2))
+        await asyncio.sleep(0.01)
+        said = await say(broker, 2, together=False)
+        assert await consumer == said
+
+
+async def test_concurrent_publishes_reach_every_subscriber_in_id_order(
+    backends: Backends,
+) -> None:
+    broker = await backends.broker()
+    said = await say(broker, 5)
+    subs = [
+        broker.subscribe(ROOM),
+        broker.subscribe(ROOM, said[-1].position),
+        broker.subscribe(ROOM, Position(said[0].position.epoch, 0)),
+    ]
+    wanted = (205, 200, 205)
+    consumers = [asyncio.create_task(take(s, n)) for s, n in zip(subs, wanted, strict=True)]
+    await asyncio.sleep(0.01)
+    results = await asyncio.gather(
+        *(broker.say(ROOM, f"user{i % 7}", f"s{i % 7}", f"m{i}") for i in range(200))
+    )
+    everything = said + sorted((r.event for r in results), key=lambda e: e.offset)
+    assert [e.offset for e in everything] == list(range(1, 206))
+    got = [await c for c in consumers]
+    assert got[0] == everything
+    assert got[1] == everything[5:]
+    assert got[2] == everything
+    for sub in subs:
+        sub.close()
+    assert broker.subscribers(ROOM) == 0
+
+
+# --- the room never waits for a client -----------------------------------------------
+
+
+async def test_a_stalled_subscriber_is_cut_off_and_no_one_waits_for_it(
+    backends: Backends,
+) -> None:
+    max_pending = 32
+    broker = await backends.broker(max_pending=max_pending)
+    first = (await broker.say(ROOM, "alice", "s1", "first")).event
+    stalled = broker.subscribe(ROOM)
+    assert await anext(stalled) == [first]  # it read its history, then its socket stalls
+    active = broker.subscribe(ROOM)
+    assert await anext(active) == [first]
+    consumer = asyncio.create_task(take(active, 2000, within=20))
+
+    said: list[Event] = []
+    slowest = 0.0
+    async with asyncio.timeout(15):  # a say that waited on the stalled one never returns
+        for chunk in range(100):
+            started = time.perf_counter()
+            said += await say(broker, 20)
+            slowest = max(slowest, time.perf_counter() - started)
+            # memory per subscriber is bounded, whatever the stalled one does
+            assert pending(stalled) <= max_pending, f"after chunk {chunk}"
+            assert pending(active) <= max_pending, f"after chunk {chunk}"
+    assert slowest < 1.0, "a say waited on a subscriber"
+
+    assert await consumer == said
+    with pytest.raises(SlowConsumer, match="too slow"):
+        await anext(stalled)
+    with pytest.raises(SlowConsumer):
+        await anext(stalled)  # it stays cut off
+    assert pending(stalled) == 0
+    assert broker.stats.cut_off == 1
+    assert broker.subscribers(ROOM) == 1
+
+    # it can resume from its cursor and miss nothing
+    assert stalled.cursor == first.position
+    async with broker.subscribe(ROOM, stalled.cursor) as resumed:
+        assert await take(resumed, 2000) == said
+    active.close()
+
+
+async def test_a_subscription_not_yet_read_holds_nothing_and_catches_up(
+    backends: Backends,
+) -> None:
+    broker = await backends.broker(max_pending=8, page=64)
+    first = (await broker.say(ROOM, "alice", "s1", "first")).event
+    sub = broker.subscribe(ROOM, first.position)
+    said: list[Event] = []
+    for _ in range(30):
+        said += await say(broker, 10)
+        assert pending(sub) <= 8
+    async with sub:
+        got = await take(sub, 300)
+    assert got == said  # from the backend, in pages, no reset, no cut-off
+
+
+async def test_a_waiting_subscriber_is_not_cut_off_by_a_burst(backends: Backends) -> None:
+    """SQLite answers says that arrive together with one commit and one delivery, so a
+    burst can hand more than max_pending events at once to a subscriber that is idle,
+    waiting for news. It is not behind; it must not be cut off."""
+    broker = await backends.broker(max_pending=8)
+    first = (await broker.say(ROOM, "alice", "s1", "first")).event
+    async with broker.subscribe(ROOM, first.position) as sub:
+        consumer = asyncio.create_task(take(sub, 100))
+        await asyncio.sleep(0.01)
+        said = await say(broker, 100)
+        assert await consumer == said
+    assert broker.stats.cut_off == 0
+
+
+class GroupCommit(MemoryBackend):
+    """Memory, but the listener gets every event stored since the last flush() in one
+    call, as SQLite's group commit delivers them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Event] = []
+        self.deliver: Listener | None = None
+
+    def set_listener(self, listener: Listener) -> None:
+        self.deliver = listener
+        super().set_listener(lambda room, events: self.held.extend(events))
+
+    def flush(self, room: str) -> None:
+        events, self.held = self.held, []
+        assert self.deliver is not None
+        self.deliver(room, events)
+
+
+@pytest.mark.parametrize("history", [True, False], ids=["after-history", "empty-room"])
+async def test_a_burst_larger_than_the_bound_reaches_a_waiting_subscriber_whole(
+    history: bool,
+) -> None:
+    backend = GroupCommit()
+    broker = Broker(backend, max_pending=4, page=3)
+    await broker.start()
+    try:
+        before: list[Event] = []
+        if history:
+            before = [(await broker.say(ROOM, "alice", "s1", "first")).event]
+            backend.flush(ROOM)
+        async with broker.subscribe(ROOM) as sub:
+            if history:
+                assert await anext(sub) == before
+            consumer = asyncio.create_task(take(sub, 10, within=1))
+            await asyncio.sleep(0.01)
+            said = [(await broker.say(ROOM, "bob", "s2", f"m{i}")).event for i in range(10)]
+            backend.flush(ROOM)  # ten at once, to a subscriber waiting for news
+            assert events_of(await consumer) == said
+    finally:
+        await broker.close()
+
+
+class HeldReads(MemoryBackend):
+    """Memory, but while `gate` is set a read's answer is held back after the read was
+    made: as on the SQLite thread, where a read can finish before a commit whose events
+    the loop delivers before it hands the read's answer to the subscriber."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Event | None = None
+        self.reading = asyncio.Event()
+
+    async def read_after(self, room: str, cursor: Position | None, limit: int) -> Page:
+        page = await super().read_after(room, cursor, limit)
+        gate = self.gate
+        if gate is not None:
+            self.reading.set()
+            await gate.wait()
+        return page
+
+
+async def test_events_dropped_from_the_queue_during_a_read_are_read_after_it() -> None:
+    backend = HeldReads()
+    broker = Broker(backend, max_pending=4)
+    await broker.start()
+    try:
+        first = (await broker.say(ROOM, "alice", "s1", "first")).event
+        async with broker.subscribe(ROOM, first.position) as sub:
+            backend.gate = gate = asyncio.Event()
+            consumer = asyncio.create_task(take(sub, 10, within=1))
+            await backend.reading.wait()  # the read is made; its answer is not back yet
+            said = [(await broker.say(ROOM, "bob", "s2", f"m{i}")).event for i in range(10)]
+            backend.gate = None
+            gate.set()
+            # nothing more is said: the ten must come without a further publish
+            assert events_of(await consumer) == said
+    finally:
+        await broker.close()
+
+
+# --- presence -------------------------------------------------------------------------------
+
+
+class Timings(TypedDict):
+    presence_ttl: float
+    linger: float
+    reap_interval: float
+
+
+# Presence timings small enough for tests, with room for a loaded machine: the
+# heartbeat comes every 0.2 s and a connection counts 0.6 s after its last one.
+QUICK = Timings(presence_ttl=0.6, linger=0.2, reap_interval=0.05)
+
+
+async def eventually(broker: Broker, expected: list[tuple[str, str]], within: float = 2.0) -> None:
+    """Wait until the room's stored events are `expected`; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while (got := await stored(broker)) != expected:
+        assert time.monotonic() < deadline, f"stored {got}, waited for {expected}"
+        await asyncio.sleep(0.02)
+
+
+async def test_join_on_first_connection_only(backends: Backends) -> None:
+    broker = await backends.broker(**QUICK)
+    await broker.connect(ROOM, "alice", "s1", "tab1")
+    await broker.connect(ROOM, "alice", "s1", "tab2")  # a second tab
+    await broker.poll(ROOM, "alice", "s1")  # and a poller of the same session
+    await broker.connect(ROOM, "bob", "s2", "tab3")
+    await broker.poll(ROOM, "bob", "s2")
+    assert await stored(broker) == [("join", "alice"), ("join", "bob")]
+    assert await broker.members(ROOM) == ["alice", "bob"]
+    assert await broker.rooms() == [(ROOM, 2)]
+
+
+async def test_leave_after_the_last_connection_and_the_linger(backends: Backends) -> None:
+    broker = await backends.broker(**QUICK)
+    await broker.connect(ROOM, "alice", "s1", "tab1")
+    await broker.connect(ROOM, "alice", "s1", "tab2")
+    await broker.disconnect("tab1")
+    await asyncio.sleep(0.8)  # longer than the ttl: the heartbeat keeps tab2 present
+    assert await stored(broker) == [("join", "alice")]
+    assert await broker.members(ROOM) == ["alice"]
+
+    await broker.disconnect("tab2")
+    assert await broker.members(ROOM) == ["alice"]  # lingering: a reload is no leave
+    assert await stored(broker) == [("join", "alice")]
+    await eventually(broker, [("join", "alice"), ("leave", "alice")])
+    assert await broker.members(ROOM) == []
+    assert await broker.rooms() == [(ROOM, 0)]
+    await broker.disconnect("tab2")  # twice is harmless
+    await asyncio.sleep(0.1)
+    assert await stored(broker) == [("join", "alice"), ("leave", "alice")]
+
+
+async def test_a_reconnect_within_the_linger_is_neither_leave_nor_join(
+    backends: Backends,
+) -> None:
+    broker = await backends.broker(**QUICK)
+    await broker.connect(ROOM, "alice", "s1", "tab1")
+    await broker.disconnect("tab1")
+    await broker.connect(ROOM, "alice", "s1", "tab1-reloaded")
+    await asyncio.sleep(0.4)  # past the linger of the closed one
+    assert await stored(broker) == [("join", "alice")]
+    assert await broker.members(ROOM) == ["alice"]
+
+
+async def test_a_poller_leaves_when_it_stops_polling(backends: Backends) -> None:
+    broker = await backends.broker(**QUICK)
+    await broker.poll(ROOM, "alice", "s1")
+    await asyncio.sleep(0.3)
+    await broker.poll(ROOM, "alice", "s1")  # keeps it present 0.6 s from now
+    await asyncio.sleep(0.4)  # past the first poll's 0.6 s
+    assert await broker.members(ROOM) == ["alice"]
+    assert await stored(broker) == [("join", "alice")]
+    await eventually(broker, [("join", "alice"), ("leave", "alice")])
+
+
+async def test_a_nickname_is_refused_to_another_session(backends: Backends) -> None:
+    broker = await backends.broker(**QUICK)
+    await broker.claim(ROOM, "alice", "s1")
+    with pytest.raises(NicknameTaken, match="alice"):
+        await broker.claim(ROOM, "alice", "s2")
+    with pytest.raises(NicknameTaken):
+        await broker.connect(ROOM, "alice", "s2", "c2")
+    with pytest.raises(NicknameTaken):
+        await broker.check(ROOM, "alice", "s2")
+    with pytest.raises(NicknameTaken):
+        await broker.poll(ROOM, "alice", "s2")
+    await broker.claim(ROOM, "alice", "s1")  # its own session may come back
+    await broker.claim("kitchen", "alice", "s2")  # another room is another namespace
+    assert await stored(broker) == [("join", "alice")]
+    assert await broker.members(ROOM) == ["alice"]
+
+
+async def test_leave_ends_the_member_and_its_subscriptions_in_that_room(
+    backends: Backends,
+) -> None:
+    broker = await backends.broker(**QUICK)
+    await broker.connect(ROOM, "alice", "s1", "a1")
+    await broker.connect(ROOM, "bob", "s2", "b1")
+    await broker.connect("kitchen", "alice", "s1", "a2")
+    hers = broker.subscribe(ROOM, session="s1")
+    his = broker.subscribe(ROOM, session="s2")
+    elsewhere = broker.subscribe("kitchen", session="s1")
+    for sub in (hers, his, elsewhere):
+        await anext(sub)
+
+    await broker.leave(ROOM, "alice", "s1")
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(hers), 1)
+    got = await take(his, 1)
+    assert [(e.type, e.user) for e in events_of(got)] == [("leave", "alice")]
+    assert await broker.members(ROOM) == ["bob"]
+    assert await broker.members("kitchen") == ["alice"]
+
+    await broker.leave(ROOM, "alice", "s1")  # a second press stores nothing
+    await broker.leave(ROOM, "bob", "s1")  # nor does someone else's session
+    await broker.disconnect("a1")
+    assert await stored(broker) == [("join", "alice"), ("join", "bob"), ("leave", "alice")]
+    assert await broker.members(ROOM) == ["bob"]
+    said = (await broker.say("kitchen", "alice", "s1", "still here")).event
+    assert await take(elsewhere, 1) == [said]
+    his.close()
+    elsewhere.close()
+
+
+async def test_after_leave_a_socket_still_open_does_not_bring_the_member_back(
+    backends: Backends,
+) -> None:
+    """The leave button on a page whose socket closes a moment later: the heartbeat
+    in between must not make the member present again (silently, then a second leave)."""
+    broker = await backends.broker(**QUICK)
+    await broker.connect(ROOM, "alice", "s1", "tab")
+    await broker.leave(ROOM, "alice", "s1")
+    await asyncio.sleep(0.3)  # a heartbeat comes before the socket's handler ends
+    assert await broker.members(ROOM) == []
+    await broker.disconnect("tab")
+    await asyncio.sleep(0.4)  # past the linger and a reaping
+    assert await stored(broker) == [("join", "alice"), ("leave", "alice")]
+    assert await broker.members(ROOM) == []
+
+
+async def test_close_ends_every_subscription(backends: Backends) -> None:
+    broker = await backends.broker()
+    await say(broker, 3)
+    subs = [
+        broker.subscribe(ROOM),
+        broker.subscribe("kitchen"),
+        broker.subscribe(ROOM, Position(OTHER_EPOCH, 1)),
+    ]
+
+    async def drain(sub: Subscription) -> int:
+        return sum([len(batch) async for batch in sub])
+
+    drains = [asyncio.create_task(drain(sub)) for sub in subs]
+    await asyncio.sleep(0.05)
+    assert not any(d.done() for d in drains)
+    await broker.close()
+    counts = await asyncio.wait_for(asyncio.gather(*drains), 1)
+    assert counts == [3, 0, 4]
+    assert broker.subscribers() == 0
+    late = broker.subscribe(ROOM)
+    with pytest.raises(StopAsyncIteration):
+        await anext(late)
+
+
+# --- say -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "client_id", "field_name"),
+    [
+        ("", None, "text"),
+        ("   \n", None, "text"),
+        ("x" * 2001, None, "text"),
+        (None, None, "text"),
+        (42, None, "text"),
+        (b"bytes", None, "text"),
+        (["a list"], None, "text"),
+        ("nul\x00", None, "text"),
+        ("lone \ud800 surrogate", None, "text"),
+        ("fine", "", "client_id"),
+        ("fine", "x" * 65, "client_id"),
+        ("fine", 7, "client_id"),
+        ("fine", ["k"], "client_id"),
+    ],
+)
+async def test_say_refuses_bad_input_and_stores_nothing(
+    backends: Backends, text: object, client_id: object, field_name: str
+) -> None:
+    broker = await backends.broker()
+    async with broker.subscribe(ROOM) as sub:
+        watcher = asyncio.create_task(take(sub, 1))
+        await asyncio.sleep(0.01)
+        with pytest.raises(InvalidInput) as caught:
+            await broker.say(ROOM, "alice", "s1", text, client_id)
+        assert caught.value.field == field_name
+        assert await broker.backend.rooms() == []
+        assert broker.stats.published == 0
+        await asyncio.sleep(0.02)
+        assert not watcher.done()
+        # and the room carries on: the next good say is event 1
+        good = (await broker.say(ROOM, "alice", "s1", "fine", "k" * 64)).event
+        assert good.offset == 1
+        assert await watcher == [good]
+
+
+async def test_say_trims_and_is_idempotent_per_client_id(backends: Backends) -> None:
+    broker = await backends.broker()
+    async with broker.subscribe(ROOM) as sub:
+        watcher = asyncio.create_task(take(sub, 2))
+        await asyncio.sleep(0.01)
+        first = await broker.say(ROOM, "alice", "s1", "  hello  ", "c-1")
+        retry = await broker.say(ROOM, "alice", "s1", "hello", "c-1")
+        other = await broker.say(ROOM, "alice", "s1", "hello", "c-2")
+        assert first.event.text == "hello"
+        assert not first.duplicate
+        assert retry.duplicate
+        assert retry.event == first.event
+        assert other.event.offset == 2
+        assert await watcher == [first.event, other.event]
+    assert broker.stats.published == 2
+
+
+# --- property: any interleaving, any cursor ---------------------------------------------------
+
+
+@dataclass
+class Segment:
+    """One connection of a client: from which cursor, what was stored then, what came."""
+
+    cursor: Position | None
+    head: int
+    deliveries: list[Delivery] = field(default_factory=list)
+
+
+@dataclass
+class Client:
+    cursor: Position | None
+    segments: list[Segment] = field(default_factory=list)
+
+    def events(self) -> list[Event]:
+        return [e for s in self.segments for e in events_of(s.deliveries)]
+
+    def position(self, epoch: str | None) -> int | None:
+        """The offset this client has everything up to, as far as it can tell."""
+        at: int | None = None
+        for segment in self.segments:
+            events = events_of(segment.deliveries)
+            if events:
+                at = events[-1].offset
+            elif segment.deliveries:  # only a reset
+                at = None
+            elif segment.cursor is not None and segment.cursor.epoch == epoch:
+                at = segment.cursor.offset  # nothing yet after its cursor
+        return at
+
+
+@dataclass
+class World:
+    room: str
+    epoch: str | None = None
+    said: dict[int, Event] = field(default_factory=dict)
+
+    @property
+    def head(self) -> int:
+        return max(self.said, default=0)
+
+
+ARCHIVE = 5
+RETENTION = 25
+_rooms = itertools.count()
+
+
+@pytest.fixture(params=[3, 64], ids=lambda n: f"max_pending={n}")
+async def prop_broker(backends: Backends, request: pytest.FixtureRequest) -> Broker:
+    n: int = request.param
+    return await backends.broker(retention=RETENTION, archive=ARCHIVE, page=4, max_pending=n)
+
+
+async def run_client(broker: Broker, world: World, client: Client) -> None:
+    """A client as a browser runs it: cut off, it resumes from the last id it got."""
+    cursor = client.cursor
+    while True:
+        segment = Segment(cursor, world.head)
+        client.segments.append(segment)
+        try:
+            async with broker.subscribe(world.room, cursor) as sub:
+                async for batch in sub:
+                    segment.deliveries.extend(batch)
+        except SlowConsumer:
+            events = client.events()
+            cursor = events[-1].position if events else cursor
+            continue
+        return
+
+
+def check_segment(world: World, segment: Segment) -> None:
+    """Each event is the one after the client's position; a reset only when that position
+    could not be honoured (another epoch, trimmed away, beyond the head), and then the
+    events start at the oldest retained one."""
+    epoch = world.epoch
+    assert epoch is not None
+    # what the client has everything up to; None: nothing yet, from the archive
+    position = segment.cursor
+    for delivery in segment.deliveries:
+        if isinstance(delivery, Reset):
+            assert position is not None, "a reset without a cursor"
+            oldest = delivery.oldest
+            honourable = (
+                position.epoch == epoch
+                and oldest is not None
+                and oldest.offset - 1 <= position.offset <= segment.head
+            )
+            assert not honourable, f"reset although {position} could be honoured"
+            # next comes the oldest retained event, or the first of a room that was empty
+            position = Position(epoch, oldest.offset - 1 if oldest is not None else 0)
+            continue
+        event = delivery
+        assert event == world.said[event.offset]
+        if position is None:
+            # the archive: no older than the last ARCHIVE when it connected
+            assert event.offset >= segment.head - ARCHIVE + 1
+        else:
+            assert position.epoch == epoch, f"events after {position} without a reset"
+            assert event.offset == position.offset + 1, f"after {position}: {event.id}"
+        position = event.position
+
+
+def draw_cursor(data: st.DataObject, world: World) -> Position | None:
+    head = world.head
+    oldest = max(1, head - RETENTION + 1)
+    epoch = world.epoch or OTHER_EPOCH
+    choice = data.draw(st.sampled_from(["none", "retained", "trimmed", "beyond", "other"]))
+    if choice == "none":
+        return None
+    if choice == "retained" or (choice == "trimmed" and oldest < 2):
+        return Position(epoch, data.draw(st.integers(max(0, oldest - 1), head)))
+    if choice == "trimmed":
+        return Position(epoch, data.draw(st.integers(0, oldest - 2)))
+    if choice == "beyond":
+        return Position(epoch, head + data.draw(st.integers(1, 5)))
+    return Position(OTHER_EPOCH, data.draw(st.integers(0, head + 2)))
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    # one broker for the whole test; each example has a room of its own
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+async def test_any_interleaving_delivers_exactly_what_follows_each_cursor(
+    prop_broker: Broker, data: st.DataObject
+) -> None:
+    broker = prop_broker
+    world = World(f"prop{next(_rooms)}")
+    clients: list[Client] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def publish(n: int, together: bool) -> None:
+        for event in await say(broker, n, world.room, together=together):
+            world.said[event.offset] = event
+            world.epoch = event.position.epoch
+
+    await publish(data.draw(st.integers(0, 40), label="history"), True)
+    for _ in range(data.draw(st.integers(1, 10), label="steps")):
+        step = data.draw(st.sampled_from(["publish", "subscribe", "yield"]))
+        if step == "publish":
+            await publish(data.draw(st.integers(1, 6)), data.draw(st.booleans()))
+        elif step == "subscribe":
+            client = Client(draw_cursor(data, world))
+            clients.append(client)
+            tasks.append(asyncio.create_task(run_client(broker, world, client)))
+        else:
+            for _ in range(data.draw(st.integers(1, 4))):
+                await asyncio.sleep(0)
+    await publish(1, False)  # so every client has something to reach
+
+    try:
+        deadline = time.monotonic() + 3
+        while not all(c.position(world.epoch) == world.head for c in clients):
+            assert time.monotonic() < deadline, "a client never reached the head"
+            await asyncio.sleep(0.005)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    for client in clients:
+        for segment in client.segments:
+            check_segment(world, segment)

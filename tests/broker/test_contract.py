@@ -1,0 +1,537 @@
+"""The Backend contract (chatroom.broker.backend), one suite run against every backend.
+
+`backends` is parametrized in conftest.py over BACKENDS; the tests at the end that
+need a file (durability, reopening, SIGKILL) use the sqlite-only `sqlite` fixture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import sqlite3
+import sys
+import textwrap
+from contextlib import closing
+from typing import Any
+
+import pytest
+
+from chatroom.broker import Backend, open_backend
+from chatroom.broker.backend import Draft, Stored
+from chatroom.core.events import Event, EventType, Position, parse_cursor
+from chatroom.core.presence import NicknameTaken
+from tests.broker.conftest import Backends
+
+TS = 1_764_115_200_123
+ROOM = "lobby"
+
+
+def msg(
+    text: str,
+    *,
+    user: str = "alice",
+    session: str | None = None,
+    client_id: str | None = None,
+    kind: EventType = "message",
+) -> Draft:
+    return Draft(kind, user, TS, text if kind == "message" else None, session, client_id)
+
+
+async def fill(backend: Backend, n: int, room: str = ROOM) -> list[Event]:
+    """Append n messages one after another; their events, oldest first."""
+    return [(await backend.append(room, msg(f"m{i}"))).event for i in range(1, n + 1)]
+
+
+def offsets(events: list[Event]) -> list[int]:
+    return [e.offset for e in events]
+
+
+# --- append ---------------------------------------------------------------------------
+
+
+async def test_offsets_start_at_one_and_grow_by_one(backends: Backends) -> None:
+    backend = await backends.start()
+    stored = [await backend.append(ROOM, msg(f"m{i}")) for i in range(5)]
+    assert [s.event.offset for s in stored] == [1, 2, 3, 4, 5]
+    assert not any(s.duplicate for s in stored)
+    assert len({s.event.position.epoch for s in stored}) == 1
+    event = stored[2].event
+    assert (event.room, event.type, event.user, event.text, event.timestamp) == (
+        ROOM,
+        "message",
+        "alice",
+        "m2",
+        TS,
+    )
+    assert parse_cursor(event.id) == event.position
+
+
+async def test_ids_strictly_increase_under_concurrent_appends(backends: Backends) -> None:
+    backend = await backends.start()
+    drafts = [msg(f"m{i}") if i % 3 else msg("", kind="join", user=f"u{i}") for i in range(60)]
+    results = await asyncio.gather(*(backend.append(ROOM, d) for d in drafts))
+    positions = sorted(r.event.position for r in results)
+    assert [p.offset for p in positions] == list(range(1, 61))
+    page = await backend.read_after(ROOM, None, 100)
+    stored = [e.position for e in page.events]
+    assert stored == positions
+    assert all(a < b for a, b in itertools.pairwise(stored))
+    # ids compare as the server compares them
+    ids = [parse_cursor(e.id) for e in page.events]
+    assert ids == positions
+
+
+async def test_rooms_are_separate_streams(backends: Backends) -> None:
+    backend = await backends.start()
+    a = await fill(backend, 3, "a")
+    b = await fill(backend, 2, "b")
+    assert offsets(a) == [1, 2, 3]
+    assert offsets(b) == [1, 2]
+    assert (await backend.read_after("a", None, 10)).events == a
+    assert (await backend.read_after("b", None, 10)).events == b
+
+
+async def test_stored_events_read_back_as_they_were_appended(backends: Backends) -> None:
+    backend = await backends.start()
+    hostile = "<script>alert('x')</script> \"quotes\" \\ 😀 مرحبا \u2028"
+    stored = [
+        await backend.append(ROOM, msg("", kind="join", user="Zoë")),
+        await backend.append(ROOM, msg(hostile, user="Zoë")),
+        await backend.append(ROOM, msg("", kind="leave", user="Zoë")),
+    ]
+    page = await backend.read_after(ROOM, None, 10)
+    assert page.events == [s.event for s in stored]
+    assert [e.data for e in page.events] == [s.event.data for s in stored]
+    assert page.events[1].text == hostile
+    assert [e.type for e in page.events] == ["join", "message", "leave"]
+    assert page.events[0].text is None
+
+
+async def test_ping_answers(backends: Backends) -> None:
+    backend = await backends.start()
+    await backend.ping()
+
+
+async def test_cancelled_calls_leave_the_backend_working(backends: Backends) -> None:
+    """A client that goes away cancels the read or say it was waiting on."""
+    backend = await backends.start()
+    busy = [asyncio.create_task(backend.append(ROOM, msg(f"m{i}"))) for i in range(50)]
+    await asyncio.sleep(0)  # queued behind one another
+    cancelled = [
+        asyncio.create_task(backend.read_after(ROOM, None, 10)),
+        asyncio.create_task(backend.read_before(ROOM, None, 10)),
+        asyncio.create_task(backend.rooms()),
+        asyncio.create_task(backend.ping()),
+        asyncio.create_task(backend.append(ROOM, msg("gone"))),
+    ]
+    await asyncio.sleep(0)
+    for task in cancelled:
+        task.cancel()
+    await asyncio.gather(*cancelled, return_exceptions=True)
+    await asyncio.wait_for(asyncio.gather(*busy), 5)
+    after = await asyncio.wait_for(backend.append(ROOM, msg("after")), 5)
+    page = await asyncio.wait_for(backend.read_after(ROOM, None, 100), 5)
+    # the cancelled say may or may not have been stored; nothing else is lost or doubled
+    assert after.event.offset in (51, 52)
+    assert offsets(page.events) == list(range(1, after.event.offset + 1))
+    await backend.ping()
+
+
+# --- idempotent says ---------------------------------------------------------------------
+
+
+async def test_a_retried_say_answers_the_stored_event_and_stores_nothing(
+    backends: Backends,
+) -> None:
+    backend = await backends.start()
+    first = await backend.append(ROOM, msg("hello", session="s1", client_id="c1"))
+    again = await backend.append(ROOM, msg("hello, retried", session="s1", client_id="c1"))
+    assert not first.duplicate
+    assert again.duplicate
+    assert again.event == first.event
+    assert again.event.data == first.event.data
+    assert (await backend.read_after(ROOM, None, 10)).events == [first.event]
+    nxt = await backend.append(ROOM, msg("next"))
+    assert nxt.event.offset == 2
+
+
+async def test_idempotency_key_is_session_and_client_id_in_one_room(
+    backends: Backends,
+) -> None:
+    backend = await backends.start()
+    base = await backend.append(ROOM, msg("x", session="s1", client_id="c1"))
+    others = [
+        await backend.append(ROOM, msg("x", session="s2", client_id="c1")),
+        await backend.append(ROOM, msg("x", session="s1", client_id="c2")),
+        await backend.append("elsewhere", msg("x", session="s1", client_id="c1")),
+        await backend.append(ROOM, msg("x", session="s1")),
+        await backend.append(ROOM, msg("x", session="s1")),
+    ]
+    assert not base.duplicate
+    assert not any(s.duplicate for s in others)
+    assert len((await backend.read_after(ROOM, None, 10)).events) == 5
+
+
+async def test_concurrent_retries_store_one_event(backends: Backends) -> None:
+    backend = await backends.start()
+    results: list[Stored] = await asyncio.gather(
+        *(backend.append(ROOM, msg("once", session="s1", client_id="k")) for _ in range(8))
+    )
+    assert sum(not r.duplicate for r in results) == 1
+    assert len({r.event.id for r in results}) == 1
+    assert len((await backend.read_after(ROOM, None, 10)).events) == 1
+
+
+# --- read_after ------------------------------------------------------------------------------
+
+
+async def test_read_after_none_is_the_last_n(backends: Backends) -> None:
+    backend = await backends.start()
+    events = await fill(backend, 10)
+    page = await backend.read_after(ROOM, None, 3)
+    assert page.events == events[-3:]
+    assert not page.reset
+    assert page.oldest == events[0].position
+    assert page.head == events[-1].position
+    assert (await backend.read_after(ROOM, None, 100)).events == events
+    bounds = await backend.read_after(ROOM, None, 0)
+    assert bounds.events == []
+    assert (bounds.oldest, bounds.head) == (events[0].position, events[-1].position)
+
+
+async def test_read_after_a_cursor_gives_exactly_what_follows(backends: Backends) -> None:
+    backend = await backends.start()
+    events = await fill(backend, 10)
+    epoch = events[0].position.epoch
+    for k in range(11):
+        page = await backend.read_after(ROOM, Position(epoch, k), 100)
+        assert page.events == events[k:], f"after offset {k}"
+        assert not page.reset, f"after offset {k}"
+        assert page.head == events[-1].position
+
+
+async def test_read_after_pages_by_limit(backends: Backends) -> None:
+    backend = await backends.start()
+    events = await fill(backend, 10)
+    cursor = Position(events[0].position.epoch, 0)
+    pages: list[list[Event]] = []
+    while True:
+        page = await backend.read_after(ROOM, cursor, 3)
+        assert not page.reset
+        if not page.events:
+            break
+        pages.append(page.events)
+        cursor = page.events[-1].position
+    assert [len(p) for p in pages] == [3, 3, 3, 1]
+    assert [e for p in pages for e in p] == events
+
+
+async def test_read_after_resets_when_the_cursor_cannot_be_honoured(
+    backends: Backends,
+) -> None:
+    backend = await backends.start(retention=5)
+    events = await fill(backend, 12)
+    retained = events[7:]  # offsets 8..12
+    epoch = events[0].position.epoch
+    page = await backend.read_after(ROOM, None, 100)
+    assert page.events == retained
+    assert page.oldest == retained[0].position
+    assert page.head == retained[-1].position
+
+    # (cursor, reset?, events)
+    cases: list[tuple[Position, bool, list[Event]]] = [
+        (Position("zzzz9999", 10), True, retained),  # another epoch
+        (Position(epoch, 0), True, retained),  # trimmed away
+        (Position(epoch, 3), True, retained),
+        (Position(epoch, 6), True, retained),  # offset 7 is gone
+        (Position(epoch, 7), False, retained),  # everything after 7 is still here
+        (Position(epoch, 10), False, events[10:]),
+        (Position(epoch, 12), False, []),  # at the head
+        (Position(epoch, 13), True, retained),  # beyond the head
+        (Position(epoch, 10**9), True, retained),
+    ]
+    for cursor, reset, expected in cases:
+        page = await backend.read_after(ROOM, cursor, 100)
+        assert (page.reset, offsets(page.events)) == (reset, offsets(expected)), str(cursor)
+        assert page.events == expected
+        assert page.oldest == retained[0].position
+        assert page.head == retained[-1].position
+
+    # a reset pages too, oldest first
+    page = await backend.read_after(ROOM, Position("zzzz9999", 1), 2)
+    assert page.reset
+    assert page.events == retained[:2]
+
+
+async def test_an_empty_room(backends: Backends) -> None:
+    backend = await backends.start()
+    await fill(backend, 2, "other")
+    page = await backend.read_after(ROOM, None, 50)
+    assert (page.events, page.reset, page.oldest, page.head) == ([], False, None, None)
+    # a cursor into a room that holds nothing is from a stream that is gone
+    page = await backend.read_after(ROOM, Position("abcd1234", 3), 50)
+    assert (page.events, page.reset, page.oldest, page.head) == ([], True, None, None)
+    assert await backend.read_before(ROOM, None, 10) == []
+    assert ROOM not in await backend.rooms()
+
+
+async def test_retention_keeps_the_newest(backends: Backends) -> None:
+    backend = await backends.start(retention=5)
+    events = await fill(backend, 20)
+    assert (await backend.read_after(ROOM, None, 100)).events == events[-5:]
+    assert await backend.read_before(ROOM, None, 100) == events[-5:]
+    assert (await backend.append(ROOM, msg("more"))).event.offset == 21
+
+
+# --- read_before ------------------------------------------------------------------------------
+
+
+async def test_read_before_pages_back_through_history(backends: Backends) -> None:
+    backend = await backends.start()
+    events = await fill(backend, 10)
+    assert await backend.read_before(ROOM, None, 3) == events[7:]
+    assert await backend.read_before(ROOM, events[7].position, 3) == events[4:7]
+    assert await backend.read_before(ROOM, events[1].position, 3) == events[:1]
+    assert await backend.read_before(ROOM, events[0].position, 3) == []
+    assert await backend.read_before(ROOM, None, 0) == []
+    assert await backend.read_before(ROOM, None, 100) == events
+    # another epoch's cursor names nothing in this stream
+    assert await backend.read_before(ROOM, Position("zzzz9999", 5), 3) == []
+
+    pages: list[list[Event]] = []
+    before: Position | None = None
+    while page := await backend.read_before(ROOM, before, 4):
+        pages.append(page)
+        before = page[0].position
+    assert [len(p) for p in pages] == [4, 4, 2]
+    assert [e for p in reversed(pages) for e in p] == events
+
+
+# --- rooms -----------------------------------------------------------------------------------
+
+
+async def test_rooms_lists_every_room_that_holds_events(backends: Backends) -> None:
+    backend = await backends.start()
+    assert await backend.rooms() == []
+    await fill(backend, 1, "kitchen")
+    await fill(backend, 2, "attic")
+    await fill(backend, 1, "kitchen")
+    assert sorted(await backend.rooms()) == ["attic", "kitchen"]
+
+
+# --- the listener -------------------------------------------------------------------------
+
+
+async def test_listener_gets_every_stored_event_once_in_order(backends: Backends) -> None:
+    calls: list[tuple[str, list[Event]]] = []
+    backend = await backends.start(listener=lambda room, events: calls.append((room, [*events])))
+    drafts = [
+        ("a" if i % 3 else "b", msg(f"m{i}", session="s", client_id=f"k{i % 25}"))
+        for i in range(40)
+    ]  # k0..k14 come twice: 15 duplicates per key space
+    results = await asyncio.gather(*(backend.append(room, d) for room, d in drafts))
+    stored: dict[str, list[Event]] = {"a": [], "b": []}
+    for (room, _), result in zip(drafts, results, strict=True):
+        if not result.duplicate:
+            stored[room].append(result.event)
+    assert sum(r.duplicate for r in results) > 0
+
+    for _ in range(100):
+        if sum(len(events) for _, events in calls) >= sum(map(len, stored.values())):
+            break
+        await asyncio.sleep(0.01)
+    for room in ("a", "b"):
+        seen = [e for r, events in calls if r == room for e in events]
+        assert seen == sorted(stored[room], key=lambda e: e.offset)
+        assert offsets(seen) == list(range(1, len(seen) + 1))
+    assert all(e.room == room for room, events in calls for e in events)
+
+
+# --- presence ------------------------------------------------------------------------------
+
+
+async def test_presence_touch_check_members_counts(backends: Backends) -> None:
+    presence = (await backends.start()).presence
+    assert await presence.touch(ROOM, "alice", "s1", "c1", 5) is True
+    assert await presence.touch(ROOM, "alice", "s1", "c2", 5) is False
+    with pytest.raises(NicknameTaken):
+        await presence.touch(ROOM, "alice", "s2", "c3", 5)
+    with pytest.raises(NicknameTaken):
+        await presence.check(ROOM, "alice", "s2")
+    await presence.check(ROOM, "alice", "s1")
+    await presence.check(ROOM, "bob", "s2")
+    assert await presence.touch(ROOM, "bob", "s2", "c3", 5) is True
+    assert await presence.touch("kitchen", "carol", "s3", "c4", 5) is True
+    assert await presence.members(ROOM) == ["alice", "bob"]
+    assert await presence.members("kitchen") == ["carol"]
+    assert await presence.members("nowhere") == []
+    assert await presence.counts() == {ROOM: 2, "kitchen": 1}
+
+
+async def test_presence_leave(backends: Backends) -> None:
+    presence = (await backends.start()).presence
+    await presence.touch(ROOM, "alice", "s1", "c1", 5)
+    await presence.touch(ROOM, "bob", "s2", "c2", 5)
+    assert await presence.leave(ROOM, "alice", "s2") is False  # not hers to end
+    assert await presence.leave(ROOM, "alice", "s1") is True
+    assert await presence.leave(ROOM, "alice", "s1") is False
+    assert await presence.members(ROOM) == ["bob"]
+    assert await presence.expire() == []
+    # the nickname is free at once
+    assert await presence.touch(ROOM, "alice", "s9", "c9", 5) is True
+
+
+async def test_presence_release_lingers_then_expires(backends: Backends) -> None:
+    presence = (await backends.start()).presence
+    await presence.touch(ROOM, "alice", "s1", "c1", 5)
+    await presence.touch(ROOM, "alice", "s1", "c2", 5)
+    await presence.touch(ROOM, "bob", "s2", "c3", 0.3)
+    await presence.release(ROOM, "alice", "c1", 0.3)
+    await presence.release(ROOM, "alice", "c2", 0.3)
+    assert await presence.members(ROOM) == ["alice", "bob"]
+    assert await presence.expire() == []
+    await asyncio.sleep(0.5)
+    assert await presence.members(ROOM) == []
+    assert sorted(await presence.expire()) == [(ROOM, "alice"), (ROOM, "bob")]
+    assert await presence.expire() == []
+    assert await presence.counts() == {}
+    assert await presence.touch(ROOM, "alice", "s2", "c5", 5) is True
+
+
+async def test_presence_joins_and_leaves_come_in_pairs(backends: Backends) -> None:
+    """A member whose presence ran out but whom expire() has not reported yet never
+    left in the room's eyes: its return is no second join, its leave is still one."""
+    presence = (await backends.start()).presence
+    assert await presence.touch(ROOM, "alice", "s1", "poll", 0.1) is True
+    assert await presence.touch(ROOM, "bob", "s2", "poll", 0.1) is True
+    await asyncio.sleep(0.2)  # both ran out; nobody reaped them
+    assert await presence.touch(ROOM, "alice", "s1", "poll", 5) is False
+    assert await presence.leave(ROOM, "bob", "s2") is True
+    assert await presence.expire() == []
+    assert await presence.members(ROOM) == ["alice"]
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["postgres://db/chat", "sqlite:///", "chat.db", "mem://"])
+def test_open_backend_refuses_urls_it_does_not_know(url: str) -> None:
+    with pytest.raises(ValueError, match=r"sqlite|backend"):
+        open_backend(url)
+
+
+# --- sqlite: durable, and it survives restarts and SIGKILL ----------------------------------
+
+
+def _row(path: Any, offset: int) -> bytes | None:
+    with closing(sqlite3.connect(path)) as other:
+        row = other.execute(
+            "SELECT data FROM events WHERE room = ? AND offset = ?", (ROOM, offset)
+        ).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+async def test_sqlite_append_answers_only_once_committed(sqlite: Backends) -> None:
+    backend = await sqlite.start()
+    seen: list[int] = []
+
+    async def say(i: int) -> None:
+        stored = await backend.append(ROOM, msg(f"m{i}"))
+        # no await between the answer and this look through another connection
+        assert _row(sqlite.path, stored.event.offset) == stored.event.data
+        seen.append(stored.event.offset)
+
+    await asyncio.gather(*(say(i) for i in range(40)))
+    assert sorted(seen) == list(range(1, 41))
+
+
+async def test_sqlite_history_and_ids_survive_close_and_reopen(sqlite: Backends) -> None:
+    first = await sqlite.start()
+    events = await fill(first, 5)
+    said = await first.append(ROOM, msg("once", session="s1", client_id="c1"))
+    await first.close()
+
+    again = await sqlite.start()
+    page = await again.read_after(ROOM, None, 100)
+    assert page.events == [*events, said.event]
+    assert [e.data for e in page.events] == [e.data for e in [*events, said.event]]
+    # the epoch survived: an old cursor resumes, no reset
+    resumed = await again.read_after(ROOM, events[2].position, 100)
+    assert not resumed.reset
+    assert resumed.events == [*events[3:], said.event]
+    # ids keep increasing from where they were
+    nxt = await again.append(ROOM, msg("after restart"))
+    assert nxt.event.position == Position(events[0].position.epoch, 7)
+    # and a retry after the restart is still recognised
+    retry = await again.append(ROOM, msg("once", session="s1", client_id="c1"))
+    assert retry.duplicate
+    assert retry.event == said.event
+    assert await again.rooms() == [ROOM]
+
+
+async def test_sqlite_a_new_database_is_a_new_epoch(sqlite: Backends) -> None:
+    first = await sqlite.start()
+    old = await fill(first, 3)
+    await first.close()
+    assert sqlite.path is not None
+    for leftover in sqlite.path.parent.glob(sqlite.path.name + "*"):
+        leftover.unlink()
+
+    fresh = await sqlite.start()
+    new = (await fresh.append(ROOM, msg("hello again"))).event
+    assert new.offset == 1
+    assert new.position.epoch != old[0].position.epoch
+    page = await fresh.read_after(ROOM, old[-1].position, 100)
+    assert page.reset
+    assert page.events == [new]
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio
+    import sys
+
+    from chatroom.broker import open_backend
+    from chatroom.broker.backend import Draft
+
+    async def main() -> None:
+        backend = open_backend(sys.argv[1])
+        await backend.start()
+        n = 0
+        while True:
+            n += 1
+            stored = await backend.append("lobby", Draft("message", "kid", 1, f"m{n}"))
+            print(stored.event.id, flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_sqlite_says_answered_survive_sigkill(sqlite: Backends) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, sqlite.url, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    acked: list[str] = []
+    try:
+        while len(acked) < 20:
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout=10)
+            assert line, "the child stopped before it appended"
+            acked.append(line.decode().strip())
+    finally:
+        proc.kill()  # SIGKILL, while it keeps appending
+        out, _ = await proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    acked += out.decode().split()  # answered before the kill, read after it
+
+    backend = await sqlite.start()
+    page = await backend.read_after(ROOM, None, 100_000)
+    ids = [e.id for e in page.events]
+    assert set(acked) <= set(ids), "a say that was answered is missing after SIGKILL"
+    assert offsets(page.events) == list(range(1, len(ids) + 1))
+    after = await backend.append(ROOM, msg("after the crash"))
+    newest_acked = max(p for p in map(parse_cursor, acked) if p is not None)
+    assert after.event.position > newest_acked
+    assert after.event.offset == len(ids) + 1

@@ -1,0 +1,196 @@
+"""core.presence: the pure presence table, with the clock passed in as `now`."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chatroom.core.presence import NicknameTaken, PresenceTable
+
+ROOM = "lobby"
+
+
+def test_first_connection_joins_and_a_second_tab_does_not() -> None:
+    table = PresenceTable()
+    assert table.touch(ROOM, "alice", "s1", "tab1", until=30, now=0) is True
+    assert table.touch(ROOM, "alice", "s1", "tab2", until=30, now=1) is False
+    assert table.touch(ROOM, "alice", "s1", "tab1", until=40, now=2) is False
+    assert table.members(ROOM, now=3) == ["alice"]
+
+
+def test_another_session_is_refused_while_the_nickname_is_present() -> None:
+    table = PresenceTable()
+    table.touch(ROOM, "alice", "s1", "c1", until=30, now=0)
+    with pytest.raises(NicknameTaken) as caught:
+        table.touch(ROOM, "alice", "s2", "c2", until=30, now=10)
+    assert caught.value.room == ROOM
+    assert caught.value.user == "alice"
+    assert "alice" in str(caught.value)
+    assert "in use" in str(caught.value)
+    with pytest.raises(NicknameTaken):
+        table.check(ROOM, "alice", "s2", now=10)
+    # the holder itself, another nickname, and another room are fine
+    table.check(ROOM, "alice", "s1", now=10)
+    table.check(ROOM, "bob", "s2", now=10)
+    table.check("other", "alice", "s2", now=10)
+    assert table.touch("other", "alice", "s2", "c2", until=30, now=10) is True
+
+
+def test_a_nickname_is_free_again_once_its_holder_expired() -> None:
+    table = PresenceTable()
+    table.touch(ROOM, "alice", "s1", "c1", until=30, now=0)
+    table.check(ROOM, "alice", "s2", now=30)  # expiry is exclusive: at 30 it is gone
+    assert table.expire(now=30) == [(ROOM, "alice")]
+    assert table.touch(ROOM, "alice", "s2", "c2", until=60, now=31) is True
+    with pytest.raises(NicknameTaken):
+        table.touch(ROOM, "alice", "s1", "c1", until=60, now=32)
+
+
+def test_touch_never_shortens_a_connection() -> None:
+    table = PresenceTable()
+    table.touch(ROOM, "alice", "s1", "c1", until=30, now=0)
+    table.touch(ROOM, "alice", "s1", "c1", until=5, now=1)
+    assert table.members(ROOM, now=20) == ["alice"]
+
+
+def test_a_released_connection_lingers_then_expires_once() -> None:
+    table = PresenceTable()
+    table.touch(ROOM, "alice", "s1", "c1", until=30, now=0)
+    table.release(ROOM, "alice", "c1", until=5)
+    assert table.members(ROOM, now=4) == ["alice"]
+    assert table.expire(now=4) == []
+    assert table.members(ROOM, now=5) == []
+    assert table.expire(now=5) == [(ROOM, "alice")]
+    assert table.expire(now=6) == []
+    assert table.counts(now=6) == {}
+
+
+def test_release_never_extends_a_connection() -> None:
+    table = PresenceTable()
+    table.touch(ROOM, "alice", "s1", "c1", until=3, now=0)
+    table.release(ROOM, "alice", "c1", until=50)
+    assert table.expire(now=3) == [(ROOM, "alice")]
+
+
+def test_one_tab_closing_keeps_the_member_while_another_is_open() -> None:
+    table = PresenceTable()
+    table.touch(ROOM, "alice", "s1", "c1", until=30, now=0)
+    table.touch(ROOM, "alice", "s1", "c2", until=30, now=0)
+    table.release(ROOM, "alice", "c1", until=2)
+    assert table.expire(now=10) == []
+    assert table.members(ROOM, now=10) == ["alice"]
+    table.release(ROOM, "alice", "c2", until=12)
+    assert table.expire(now=12) == [(ROOM, "alice")]
+
+
+def test_release_of_unknown_things_is_harmless() -> None:
+    table = PresenceTable()
+    table.release(ROOM, "nobody", "c1", until=1)
+    table.touch(ROOM, "alice", "s1", "c1", until=30, now=0)
+    table.release(ROOM, "alice", "not-a-conn", until=1)
+    assert table.members(ROOM, now=10) == ["alice"]
+
+
+def test_leave_removes_at_once_and_only_for_the_holder() -> None:
+    table = PresenceTable()
+    table.touch(ROOM, "alice", "s1", "c1", until=30, now=0)
+    assert table.leave(ROOM, "alice", "s2", now=1) is False
+    assert table.members(ROOM, now=1) == ["alice"]
+    assert table.leave(ROOM, "alice", "s1", now=1) is True
+    assert table.members(ROOM, now=1) == []
+    assert table.leave(ROOM, "alice", "s1", now=1) is False
+    assert table.expire(now=100) == []
+    # and the nickname is free for anyone at once
+    assert table.touch(ROOM, "alice", "s2", "c2", until=30, now=2) is True
+
+
+def test_members_and_counts_list_only_the_present() -> None:
+    table = PresenceTable()
+    table.touch(ROOM, "carol", "s3", "c3", until=30, now=0)
+    table.touch(ROOM, "alice", "s1", "c1", until=30, now=0)
+    table.touch(ROOM, "bob", "s2", "c2", until=5, now=0)
+    table.touch("kitchen", "dave", "s4", "c4", until=30, now=0)
+    assert table.members(ROOM, now=1) == ["alice", "bob", "carol"]
+    assert table.counts(now=1) == {ROOM: 3, "kitchen": 1}
+    assert table.members(ROOM, now=6) == ["alice", "carol"]
+    assert table.counts(now=6) == {ROOM: 2, "kitchen": 1}
+    assert table.counts(now=31) == {}
+    assert table.members("nowhere", now=0) == []
+
+
+# --- join and leave come in pairs ------------------------------------------------------
+#
+# Every join reported (touch() -> True) is followed by exactly one leave reported
+# (leave() -> True, or expire() naming the member) before the next join of that nickname.
+# Otherwise a room shows "alice joined" twice, or never shows her leaving.
+
+
+def test_coming_back_after_expiry_but_before_the_reaper_is_no_second_join() -> None:
+    table = PresenceTable()
+    assert table.touch(ROOM, "alice", "s1", "poll", until=30, now=0) is True
+    # the lease ran out at 30; the reaper has not run yet when she polls again
+    joined_again = table.touch(ROOM, "alice", "s1", "poll", until=61, now=31)
+    gone = table.expire(now=32)
+    # either no leave and no join (seen as present throughout), or a leave then a join
+    assert (joined_again, gone) == (False, [])
+
+
+def test_leave_button_after_expiry_but_before_the_reaper_still_reports_the_leave() -> None:
+    table = PresenceTable()
+    assert table.touch(ROOM, "alice", "s1", "poll", until=30, now=0) is True
+    left = table.leave(ROOM, "alice", "s1", now=31)
+    gone = table.expire(now=32)
+    assert left or gone == [(ROOM, "alice")]
+
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["touch", "touch", "release", "leave", "expire"]),
+        st.sampled_from(["alice", "bob"]),
+        st.sampled_from(["s1", "s2"]),
+        st.sampled_from(["c1", "c2", "c3"]),
+        st.floats(min_value=0.0, max_value=4.0),
+        st.floats(min_value=0.0, max_value=6.0),
+    ),
+    max_size=40,
+)
+
+
+@settings(deadline=None)
+@given(OPS)
+def test_joins_and_leaves_alternate_for_every_nickname(
+    ops: list[tuple[str, str, str, str, float, float]],
+) -> None:
+    table = PresenceTable()
+    present: set[str] = set()  # joined and not yet reported as left
+    now = 0.0
+
+    def left(user: str) -> None:
+        assert user in present, f"leave of {user} without a join"
+        present.remove(user)
+
+    for kind, user, session, conn, dt, ttl in ops:
+        now += dt
+        if kind == "touch":
+            try:
+                joined = table.touch(ROOM, user, session, f"{session}:{conn}", now + ttl, now)
+            except NicknameTaken:
+                continue
+            if joined:
+                assert user not in present, f"second join of {user} without a leave"
+                present.add(user)
+        elif kind == "release":
+            table.release(ROOM, user, f"{session}:{conn}", now + ttl / 4)
+        elif kind == "leave":
+            if table.leave(ROOM, user, session, now):
+                left(user)
+        else:
+            for room, gone in table.expire(now):
+                assert room == ROOM
+                left(gone)
+        # whoever is listed as present was announced, and not announced gone
+        assert set(table.members(ROOM, now)) <= present
+    for _, gone in table.expire(now + 1000):
+        left(gone)
+    assert present == set()
