@@ -91,7 +91,8 @@ async def login(
         assert response.status == 200, page
     csrf = _CSRF.search(page)
     last = _LAST.search(page)
-    assert csrf and last, page
+    assert csrf, page
+    assert last, page
     return Login(csrf.group(1), last.group(1), page)
 
 
@@ -100,10 +101,11 @@ async def login(
 import asyncio  # noqa: E402
 import base64  # noqa: E402
 import contextlib  # noqa: E402
+import inspect  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
-from collections.abc import AsyncIterator  # noqa: E402
+from collections.abc import AsyncIterator, Awaitable, Callable  # noqa: E402
 from contextlib import asynccontextmanager  # noqa: E402
 from html.parser import HTMLParser  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -419,13 +421,36 @@ class RawWebSocket:
                     code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
                     return texts, code, payload[2:].decode(errors="replace")
 
+    @property
+    def transport(self) -> asyncio.Transport:
+        transport = self.writer.transport
+        assert isinstance(transport, asyncio.Transport)
+        return transport
+
     async def close(self) -> None:
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
 
 
-__all__ += ["open_ws", "serving"]
+__all__ += ["eventually", "open_ws", "serving"]
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool], within: float = 5.0, step: float = 0.01
+) -> None:
+    """Wait until check() (sync or async) is true; fail after `within` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"not true within {within} s: {check}")
+        await asyncio.sleep(step)
 
 
 @asynccontextmanager

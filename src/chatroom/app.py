@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from chatroom.broker import Backend, BackendUnavailable, Broker, open_backend
 from chatroom.config import Settings
-from chatroom.core.presence import NicknameTaken
+from chatroom.core.presence import LeftRoom, NicknameTaken
 from chatroom.core.validation import InvalidInput
 from chatroom.transports import longpoll, sse, websocket
 from chatroom.web import api, pages
@@ -38,8 +38,12 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return json_error(400, "invalid", exc.reason, field=exc.field)
     except NicknameTaken as exc:
         return json_error(409, "nickname_taken", str(exc))
+    except LeftRoom as exc:
+        return json_error(410, "left", str(exc))
     except BackendUnavailable as exc:
-        log.warning("backend unavailable for %s %s: %s", request.method, request.path, exc)
+        request.app[chat_key].problems.warning(
+            "backend", "backend unavailable (%s %s): %s", request.method, request.path, exc
+        )
         return json_error(503, "unavailable", str(exc))
 
 

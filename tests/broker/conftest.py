@@ -16,13 +16,13 @@ from chatroom.broker.backend import Listener
 
 SQLITE_FILE = "chat.db"
 
-# The backends the contract suite and the broker suite run against. To add Redis:
-# uncomment its param and let `_url` take its URL from a redis-server fixture (a fresh
-# db or key prefix per test, as everything here assumes an empty backend).
+# The backends the contract suite and the broker suite run against. Redis is a real
+# redis-server (tests/conftest.py: the machine's, or one started on a free port), on a
+# database emptied before each test, as everything here assumes an empty backend.
 BACKENDS = [
     pytest.param("memory", id="memory"),
     pytest.param("sqlite", id="sqlite"),
-    # pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
 ]
 
 
@@ -31,8 +31,8 @@ def _url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return "memory://"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / SQLITE_FILE}"
-    # if kind == "redis":
-    #     return str(request.getfixturevalue("redis_url"))
+    if kind == "redis":
+        return str(request.getfixturevalue("redis_url"))
     raise AssertionError(f"no URL for backend kind {kind!r}")
 
 

@@ -20,7 +20,7 @@ import pytest
 from chatroom.broker import Backend, open_backend
 from chatroom.broker.backend import Draft, Stored
 from chatroom.core.events import Event, EventType, Position, parse_cursor
-from chatroom.core.presence import NicknameTaken
+from chatroom.core.presence import LeftRoom, NicknameTaken
 from tests.broker.conftest import Backends
 
 TS = 1_764_115_200_123
@@ -326,6 +326,11 @@ async def test_rooms_lists_every_room_that_holds_events(backends: Backends) -> N
 async def test_listener_gets_every_stored_event_once_in_order(backends: Backends) -> None:
     calls: list[tuple[str, list[Event]]] = []
     backend = await backends.start(listener=lambda room, events: calls.append((room, [*events])))
+    for room in ("a", "b"):
+        # As the broker does for a new subscriber: watch, then read. Everything stored
+        # after what that read saw must reach the listener (Redis: through its XREAD).
+        backend.watch(room)
+        await backend.read_after(room, None, 0)
     drafts = [
         ("a" if i % 3 else "b", msg(f"m{i}", session="s", client_id=f"k{i % 25}"))
         for i in range(40)
@@ -409,6 +414,24 @@ async def test_presence_joins_and_leaves_come_in_pairs(backends: Backends) -> No
     assert await presence.touch(ROOM, "alice", "s1", "poll", 5) is False
     assert await presence.leave(ROOM, "bob", "s2") is True
     assert await presence.expire() == []
+    assert await presence.members(ROOM) == ["alice"]
+
+
+async def test_presence_a_session_that_left_stays_out_until_it_rejoins(
+    backends: Backends,
+) -> None:
+    presence = (await backends.start()).presence
+    assert await presence.touch(ROOM, "alice", "s1", "ws", 5) is True
+    assert await presence.leave(ROOM, "alice", "s1") is True
+    with pytest.raises(LeftRoom):
+        await presence.touch(ROOM, "alice", "s1", "ws", 5)
+    with pytest.raises(LeftRoom):
+        await presence.check(ROOM, "alice", "s1")
+    assert await presence.members(ROOM) == []
+    assert await presence.touch("kitchen", "alice", "s1", "ws", 5) is True
+    assert await presence.touch(ROOM, "alice", "s1", "poll", 5, rejoin=True) is True
+    assert await presence.touch(ROOM, "alice", "s1", "ws", 5) is False
+    await presence.check(ROOM, "alice", "s1")
     assert await presence.members(ROOM) == ["alice"]
 
 

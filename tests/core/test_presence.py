@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatroom.core.presence import NicknameTaken, PresenceTable
+from chatroom.core.presence import LEFT_TTL, LeftRoom, NicknameTaken, PresenceTable
 
 ROOM = "lobby"
 
@@ -136,6 +136,27 @@ def test_coming_back_after_expiry_but_before_the_reaper_is_no_second_join() -> N
     assert (joined_again, gone) == (False, [])
 
 
+def test_a_session_that_left_stays_out_until_it_rejoins() -> None:
+    table = PresenceTable()
+    assert table.touch(ROOM, "alice", "s1", "ws", until=30, now=0) is True
+    assert table.leave(ROOM, "alice", "s1", now=1) is True
+    # a heartbeat or a poll still in flight after the Leave does not bring her back
+    with pytest.raises(LeftRoom):
+        table.touch(ROOM, "alice", "s1", "ws", until=40, now=2)
+    with pytest.raises(LeftRoom):
+        table.check(ROOM, "alice", "s1", now=2)
+    assert table.members(ROOM, now=2) == []
+    # another session may take the nickname; the one that left is not blocked elsewhere
+    assert table.touch("kitchen", "alice", "s1", "ws", until=40, now=2) is True
+    # entering again through the welcome page lifts it
+    assert table.touch(ROOM, "alice", "s1", "poll", until=40, now=3, rejoin=True) is True
+    assert table.touch(ROOM, "alice", "s1", "ws", until=40, now=4) is False
+    # the marker is forgotten after LEFT_TTL
+    table.leave(ROOM, "alice", "s1", now=5)
+    table.expire(now=5 + LEFT_TTL + 1)
+    assert table.touch(ROOM, "alice", "s1", "ws", until=LEFT_TTL + 60, now=5 + LEFT_TTL + 2)
+
+
 def test_leave_button_after_expiry_but_before_the_reaper_still_reports_the_leave() -> None:
     table = PresenceTable()
     assert table.touch(ROOM, "alice", "s1", "poll", until=30, now=0) is True
@@ -146,7 +167,7 @@ def test_leave_button_after_expiry_but_before_the_reaper_still_reports_the_leave
 
 OPS = st.lists(
     st.tuples(
-        st.sampled_from(["touch", "touch", "release", "leave", "expire"]),
+        st.sampled_from(["touch", "touch", "rejoin", "release", "leave", "expire"]),
         st.sampled_from(["alice", "bob"]),
         st.sampled_from(["s1", "s2"]),
         st.sampled_from(["c1", "c2", "c3"]),
@@ -172,10 +193,12 @@ def test_joins_and_leaves_alternate_for_every_nickname(
 
     for kind, user, session, conn, dt, ttl in ops:
         now += dt
-        if kind == "touch":
+        if kind in ("touch", "rejoin"):
             try:
-                joined = table.touch(ROOM, user, session, f"{session}:{conn}", now + ttl, now)
-            except NicknameTaken:
+                joined = table.touch(
+                    ROOM, user, session, f"{session}:{conn}", now + ttl, now, kind == "rejoin"
+                )
+            except (NicknameTaken, LeftRoom):
                 continue
             if joined:
                 assert user not in present, f"second join of {user} without a leave"

@@ -70,15 +70,19 @@ class Presence(Protocol):
     them): touch() returns True for a join; leave() and expire() report leaves.
     """
 
-    async def touch(self, room: str, user: str, session: str, conn: str, ttl: float) -> bool:
+    async def touch(
+        self, room: str, user: str, session: str, conn: str, ttl: float, rejoin: bool = False
+    ) -> bool:
         """Keep `user` present through `conn` for `ttl` seconds. True if the user joined.
 
-        Raises NicknameTaken if another live session holds the nickname in the room.
+        Raises NicknameTaken if another live session holds the nickname in the room,
+        LeftRoom if this session pressed Leave in the room and does not `rejoin`.
         """
         ...
 
     async def check(self, room: str, user: str, session: str) -> None:
-        """Raise NicknameTaken if another live session holds the nickname in the room."""
+        """Raise NicknameTaken if another live session holds the nickname in the room,
+        LeftRoom if this session left it."""
         ...
 
     async def release(self, room: str, user: str, conn: str, linger: float) -> None:
@@ -86,7 +90,10 @@ class Presence(Protocol):
         ...
 
     async def leave(self, room: str, user: str, session: str) -> bool:
-        """Remove the member now. True if it was present (the caller emits the leave)."""
+        """Remove the member now and keep this session out until it rejoins.
+
+        True if it was a member whose leave was not reported yet (the caller emits it).
+        """
         ...
 
     async def expire(self) -> list[tuple[str, str]]:

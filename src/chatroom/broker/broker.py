@@ -13,7 +13,6 @@ resume from its last id.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -23,7 +22,9 @@ from types import TracebackType
 
 from chatroom.broker.backend import Backend, Draft, Stored
 from chatroom.core.events import Event, EventType, Position, encode_reset, sse_frame
+from chatroom.core.presence import LeftRoom, NicknameTaken
 from chatroom.core.validation import InvalidInput, validate_text
+from chatroom.observability import Throttled
 
 __all__ = ["Broker", "Delivery", "Reset", "SlowConsumer", "Stats", "Subscription"]
 
@@ -81,6 +82,8 @@ class Subscription:
         self._queue: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        # why it ended: "left" (the Leave button), "shutdown", "slow" or "closed"
+        self.reason: str | None = None
         self._error: Exception | None = None
 
     @property
@@ -183,9 +186,10 @@ class Subscription:
         if self._closed:
             return True
         if len(self._queue) + len(events) > self._broker.max_pending:
-            if self._reading or self._need_read or self._waiter is not None:
-                # Catching up from the backend, or waiting for news and handed more at once
-                # than fit (a group commit): the backend holds these; read them after.
+            if self._reading or self._need_read or self._waiter is not None or not self._queue:
+                # Catching up from the backend, or caught up (waiting, or nothing left
+                # waiting) and handed more at once than fit (a group commit, one XREAD):
+                # it is not behind. The backend holds these; read them after.
                 self._queue.clear()
                 self._need_read = True
                 waiter = self._waiter
@@ -208,16 +212,42 @@ class Subscription:
     def _fail(self, error: Exception) -> None:
         self._error = error
         self._queue.clear()
-        self.close()
+        self.close("slow")
 
-    def close(self) -> None:
+    def close(self, reason: str = "closed") -> None:
+        """End the subscription; `reason` tells the transport why ("left", "shutdown")."""
         if self._closed:
             return
         self._closed = True
+        self.reason = reason
         self._broker._unregister(self)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+async def _stop(tasks: list[asyncio.Task[None]], grace: float = 2.0) -> None:
+    """Cancel background tasks and wait for them, a bounded time.
+
+    A client library that swallows a cancellation (seen with redis-py mid-command)
+    would otherwise make shutdown wait forever; such a task is cancelled again.
+    """
+    for task in tasks:
+        task.cancel()
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=grace)
+        for task in pending:
+            log.warning("task %s ignored a cancellation: cancelling it again", task.get_name())
+            task.cancel()
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed: %r", task.get_name(), task.exception())
+
+
+def _cancel_requested() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class Broker:
@@ -247,6 +277,7 @@ class Broker:
         self._tasks: list[asyncio.Task[None]] = []
         self.stats = Stats()
         self.closing = False
+        self._problems = Throttled(log)
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -262,15 +293,11 @@ class Broker:
         """Stop serving: every subscription ends now; new ones end at once."""
         self.closing = True
         for sub in [s for subs in self._rooms.values() for s in subs]:
-            sub.close()
+            sub.close("shutdown")
 
     async def close(self) -> None:
         self.shutdown()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _stop(self._tasks)
         self._tasks = []
         await self.backend.close()
 
@@ -282,14 +309,20 @@ class Broker:
     async def say(
         self, room: str, user: str, session: str, text: object, client_id: object = None
     ) -> Stored:
-        """Store a message; answers once it is durable. Raises InvalidInput for bad input."""
+        """Store a message; answers once it is durable.
+
+        Raises InvalidInput for bad input, NicknameTaken when another session now holds
+        the nickname in the room, LeftRoom when this session left it.
+        """
         clean = validate_text(text)
         if client_id is not None and (
             not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID
         ):
             raise InvalidInput(
-                    "client_id", f"client_id must be a string of 1 to {MAX_CLIENT_ID} characters"
-                )
+                "client_id", f"client_id must be a string of 1 to {MAX_CLIENT_ID} characters"
+            )
+        # Identity is the server's word: only the session holding the name speaks as it.
+        await self.backend.presence.check(room, user, session)
         draft = Draft("message", user, self._now_ms(), clean, session, client_id or None)
         stored = await self.backend.append(room, draft)
         if not stored.duplicate:
@@ -301,7 +334,9 @@ class Broker:
             await self.backend.append(room, Draft(kind, user, self._now_ms()))
             self.stats.published += 1
         except Exception as exc:
-            log.warning("could not store %s of %r in %r: %s", kind, user, room, exc)
+            self._problems.warning(
+                "announce", "could not store %s of %r in %r: %s", kind, user, room, exc
+            )
 
     def _on_events(self, room: str, events: Sequence[Event]) -> None:
         subs = self._rooms.get(room)
@@ -325,7 +360,7 @@ class Broker:
             self.backend.watch(room)
         subs.add(sub)
         if self.closing:
-            sub.close()
+            sub.close("shutdown")
         return sub
 
     def _unregister(self, sub: Subscription) -> None:
@@ -354,20 +389,32 @@ class Broker:
     # --- presence --------------------------------------------------------------
 
     async def claim(self, room: str, user: str, session: str) -> None:
-        """Reserve `user` in `room` for this session (the welcome form). NicknameTaken if held."""
-        await self.poll(room, user, session)
+        """Enter `user` in `room` for this session (the welcome form), also after a Leave.
+
+        Raises NicknameTaken if another live session holds the nickname there.
+        """
+        await self.poll(room, user, session, rejoin=True)
 
     async def check(self, room: str, user: str, session: str) -> None:
+        """NicknameTaken if another session holds `user` in `room`; LeftRoom if this one left."""
         await self.backend.presence.check(room, user, session)
 
-    async def poll(self, room: str, user: str, session: str) -> None:
-        """A polling client asked for news: it stays present presence_ttl more seconds."""
+    async def poll(self, room: str, user: str, session: str, rejoin: bool = False) -> None:
+        """A polling client asked for news: it stays present presence_ttl more seconds.
+
+        Raises NicknameTaken, or LeftRoom when this session pressed Leave in the room.
+        """
         conn = f"poll:{session}"
-        if await self.backend.presence.touch(room, user, session, conn, self.presence_ttl):
+        if await self.backend.presence.touch(
+            room, user, session, conn, self.presence_ttl, rejoin
+        ):
             await self._announce(room, "join", user)
 
     async def connect(self, room: str, user: str, session: str, conn: str) -> None:
-        """A socket opened: the user is present while it stays open."""
+        """A socket opened: the user is present while it stays open.
+
+        Raises NicknameTaken, or LeftRoom when this session pressed Leave in the room.
+        """
         joined = await self.backend.presence.touch(room, user, session, conn, self.presence_ttl)
         self._sockets[conn] = (room, user, session)
         if joined:
@@ -389,9 +436,12 @@ class Broker:
                 del self._sockets[conn]
         if await self.backend.presence.leave(room, user, session):
             await self._announce(room, "leave", user)
+        self._end_session(room, session)
+
+    def _end_session(self, room: str, session: str) -> None:
         for sub in list(self._rooms.get(room, ())):
             if sub.session == session:
-                sub.close()
+                sub.close("left")
 
     async def members(self, room: str) -> list[str]:
         return await self.backend.presence.members(room)
@@ -403,21 +453,44 @@ class Broker:
         return sorted(((n, counts.get(n, 0)) for n in names), key=lambda r: (-r[1], r[0]))
 
     async def _reaper(self) -> None:
-        while True:
+        while not _cancel_requested():
             await asyncio.sleep(self.reap_interval)
             try:
                 for room, user in await self.backend.presence.expire():
                     await self._announce(room, "leave", user)
             except Exception as exc:
-                log.warning("presence expiry failed: %s", exc)
+                if _cancel_requested():
+                    raise asyncio.CancelledError from exc
+                self._problems.warning("reaper", "presence expiry failed: %s", exc)
+            else:
+                self._problems.recovered("reaper", "presence expiry works again")
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not _cancel_requested():
             await asyncio.sleep(self.presence_ttl / 3)
             for conn, (room, user, session) in list(self._sockets.items()):
+                if conn not in self._sockets:
+                    continue  # closed while this round ran
                 try:
-                    await self.backend.presence.touch(
+                    joined = await self.backend.presence.touch(
                         room, user, session, conn, self.presence_ttl
                     )
+                except LeftRoom:
+                    # It pressed Leave on another node: end its subscriptions here too.
+                    self._sockets.pop(conn, None)
+                    self._end_session(room, session)
+                    continue
+                except NicknameTaken:
+                    # Its presence lapsed (a long stall) and another session took the name.
+                    self._sockets.pop(conn, None)
+                    self._end_session(room, session)
+                    continue
                 except Exception as exc:
-                    log.warning("presence heartbeat for %r failed: %s", user, exc)
+                    if _cancel_requested():
+                        raise asyncio.CancelledError from exc
+                    self._problems.warning("heartbeat", "presence heartbeat failed: %s", exc)
+                    continue
+                self._problems.recovered("heartbeat", "presence heartbeat works again")
+                if joined:
+                    # It had lapsed and been reported gone (e.g. Redis lost it): back again.
+                    await self._announce(room, "join", user)

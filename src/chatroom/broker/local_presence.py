@@ -17,9 +17,11 @@ class LocalPresence:
         self._table = PresenceTable()
         self._clock = clock
 
-    async def touch(self, room: str, user: str, session: str, conn: str, ttl: float) -> bool:
+    async def touch(
+        self, room: str, user: str, session: str, conn: str, ttl: float, rejoin: bool = False
+    ) -> bool:
         now = self._clock()
-        return self._table.touch(room, user, session, conn, now + ttl, now)
+        return self._table.touch(room, user, session, conn, now + ttl, now, rejoin)
 
     async def check(self, room: str, user: str, session: str) -> None:
         self._table.check(room, user, session, self._clock())

@@ -27,11 +27,13 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chatroom.broker.backend import BackendUnavailable, Draft, Listener, Page, Presence, Stored
 from chatroom.core.events import Event, Position, new_epoch
-from chatroom.core.presence import NicknameTaken
+from chatroom.core.presence import LEFT_TTL, LeftRoom, NicknameTaken
 
 __all__ = ["RedisBackend", "RedisPresence"]
 
@@ -71,33 +73,43 @@ return {0, data}
 
 _READ = """
 -- KEYS: meta, stream
--- ARGV: mode ('last' | 'after' | 'before'), limit, cursor epoch, cursor offset
+-- ARGV: mode ('last' | 'after' | 'before'), limit, cursor epoch, cursor offset, retention
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'head')
 local epoch, head = meta[1], tonumber(meta[2])
 if not epoch then return {'', 0, 0, 0, {}} end
 local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
 if #first == 0 then return {epoch, 0, 0, 0, {}} end
 local oldest = tonumber(string.match(first[1][1], '^(%d+)'))
+-- XADD trims approximately (whole nodes, cheaply); what is retained is exactly the
+-- newest `retention` events, and the few older ones still stored are never served.
+local floor = head - tonumber(ARGV[5]) + 1
+if oldest < floor then oldest = floor end
+local low = oldest .. '-0'
 local mode, limit = ARGV[1], tonumber(ARGV[2])
 local out = {}
 local reset = 0
-if mode == 'last' then
-  local entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', limit)
-  for i = #entries, 1, -1 do out[#out + 1] = entries[i][2][2] end
-elseif mode == 'after' then
+local after = 0
+if mode == 'after' then
   local offset = tonumber(ARGV[4])
-  local after = offset
+  after = offset
   if ARGV[3] ~= epoch or offset < oldest - 1 or offset > head then
     reset = 1
     after = oldest - 1
   end
+end
+if limit <= 0 then
+  -- only the bounds (and whether the cursor holds) were asked for
+elseif mode == 'last' then
+  local entries = redis.call('XREVRANGE', KEYS[2], '+', low, 'COUNT', limit)
+  for i = #entries, 1, -1 do out[#out + 1] = entries[i][2][2] end
+elseif mode == 'after' then
   local entries = redis.call('XRANGE', KEYS[2], '(' .. after .. '-0', '+', 'COUNT', limit)
   for i = 1, #entries do out[#out + 1] = entries[i][2][2] end
 else
   if ARGV[3] ~= '' and ARGV[3] ~= epoch then return {epoch, 0, oldest, head, {}} end
   local top = '+'
   if ARGV[3] ~= '' then top = '(' .. ARGV[4] .. '-0' end
-  local entries = redis.call('XREVRANGE', KEYS[2], top, '-', 'COUNT', limit)
+  local entries = redis.call('XREVRANGE', KEYS[2], top, low, 'COUNT', limit)
   for i = #entries, 1, -1 do out[#out + 1] = entries[i][2][2] end
 end
 return {epoch, reset, oldest, head, out}
@@ -120,18 +132,23 @@ end
 """
 
 _TOUCH = _PRESENCE_LIB + """
--- KEYS: members, users, conns of user, presence rooms
--- ARGV: room, user, session, conn, ttl ms
+-- KEYS: members, users, conns of user, presence rooms, left marker of user
+-- ARGV: room, user, session, conn, ttl ms, rejoin ('1' or '0')
+-- Returns 1 joined, 0 already a member, -1 nickname taken, -2 this session left.
 local now = now_ms()
 local holder = redis.call('HGET', KEYS[1], ARGV[2])
+if holder and holder ~= ARGV[3] and alive(KEYS[3], now) then return -1 end
+local left = redis.call('GET', KEYS[5])
+if left == ARGV[3] then
+  if ARGV[6] ~= '1' then return -2 end
+  redis.call('DEL', KEYS[5])
+end
+-- a member stays listed until its leave is reported: an expired one not reaped yet
+-- never left in the room's eyes, so its return is no second join
 local joined = 0
+if not holder then joined = 1 end
 if holder and holder ~= ARGV[3] then
   if alive(KEYS[3], now) then return -1 end
-  redis.call('DEL', KEYS[3])
-  holder = false
-end
-if not holder or not alive(KEYS[3], now) then
-  joined = 1
   redis.call('DEL', KEYS[3])
 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
@@ -143,9 +160,10 @@ return joined
 """
 
 _CHECK = _PRESENCE_LIB + """
--- KEYS: members, conns of user; ARGV: user, session
+-- KEYS: members, conns of user, left marker of user; ARGV: user, session
 local holder = redis.call('HGET', KEYS[1], ARGV[1])
 if holder and holder ~= ARGV[2] and alive(KEYS[2], now_ms()) then return -1 end
+if redis.call('GET', KEYS[3]) == ARGV[2] then return -2 end
 return 0
 """
 
@@ -160,15 +178,14 @@ return 0
 """
 
 _LEAVE = _PRESENCE_LIB + """
--- KEYS: members, users, conns of user; ARGV: user, session
+-- KEYS: members, users, conns of user, left marker of user; ARGV: user, session, left ttl s
+redis.call('SET', KEYS[4], ARGV[2], 'EX', ARGV[3])
 local holder = redis.call('HGET', KEYS[1], ARGV[1])
 if holder ~= ARGV[2] then return 0 end
-local was = alive(KEYS[3], now_ms())
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
-if was then return 1 end
-return 0
+return 1
 """
 
 _EXPIRE = _PRESENCE_LIB + """
@@ -190,7 +207,9 @@ for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
       restamp(users, ckey, user)
     end
   end
-  if redis.call('ZCARD', users) == 0 then redis.call('SREM', KEYS[1], room) end
+  if redis.call('ZCARD', users) == 0 and redis.call('HLEN', base .. 'members') == 0 then
+    redis.call('SREM', KEYS[1], room)
+  end
 end
 return gone
 """
@@ -245,9 +264,21 @@ class _Keys:
     def conns(self, room: str, user: str) -> str:
         return self.base(room) + f"c:{user}"
 
+    def left(self, room: str, user: str) -> str:
+        return self.base(room) + f"left:{user}"
+
+
+def _raise_for(result: int, room: str, user: str) -> None:
+    if result == -1:
+        raise NicknameTaken(room, user)
+    if result == -2:
+        raise LeftRoom(room, user)
+
 
 def _unavailable(exc: Exception) -> BackendUnavailable:
-    return BackendUnavailable(f"redis is unreachable: {exc}")
+    if isinstance(exc, (OSError, RedisConnectionError, RedisTimeoutError)):
+        return BackendUnavailable(f"redis is unreachable: {exc}")
+    return BackendUnavailable(f"redis refused the request: {exc}")
 
 
 class RedisPresence:
@@ -268,24 +299,29 @@ class RedisPresence:
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from exc
 
-    async def touch(self, room: str, user: str, session: str, conn: str, ttl: float) -> bool:
+    async def touch(
+        self, room: str, user: str, session: str, conn: str, ttl: float, rejoin: bool = False
+    ) -> bool:
         k = self._k
         result = await self._run(
             self._touch,
-            [k.members(room), k.users(room), k.conns(room, user), k.presence_rooms],
-            [room, user, session, conn, int(ttl * 1000)],
+            [
+                k.members(room), k.users(room), k.conns(room, user), k.presence_rooms,
+                k.left(room, user),
+            ],
+            [room, user, session, conn, int(ttl * 1000), "1" if rejoin else "0"],
         )
-        if result == -1:
-            raise NicknameTaken(room, user)
+        _raise_for(result, room, user)
         return bool(result)
 
     async def check(self, room: str, user: str, session: str) -> None:
         k = self._k
         result = await self._run(
-            self._check, [k.members(room), k.conns(room, user)], [user, session]
+            self._check,
+            [k.members(room), k.conns(room, user), k.left(room, user)],
+            [user, session],
         )
-        if result == -1:
-            raise NicknameTaken(room, user)
+        _raise_for(result, room, user)
 
     async def release(self, room: str, user: str, conn: str, linger: float) -> None:
         k = self._k
@@ -299,8 +335,8 @@ class RedisPresence:
         k = self._k
         result = await self._run(
             self._leave,
-            [k.members(room), k.users(room), k.conns(room, user)],
-            [user, session],
+            [k.members(room), k.users(room), k.conns(room, user), k.left(room, user)],
+            [user, session, int(LEFT_TTL)],
         )
         return bool(result)
 
@@ -424,9 +460,9 @@ class RedisBackend:
 
     async def read_after(self, room: str, cursor: Position | None, limit: int) -> Page:
         if cursor is None:
-            args: list[Any] = ["last", limit, "", 0]
+            args: list[Any] = ["last", limit, "", 0, self._retention]
         else:
-            args = ["after", limit, cursor.epoch, cursor.offset]
+            args = ["after", limit, cursor.epoch, cursor.offset, self._retention]
         # A read of a room not yet in the XREAD decides where XREAD must start: every
         # event after the head this read saw has to reach the listener.
         track = room in self._watched and room not in self._active
@@ -449,7 +485,10 @@ class RedisBackend:
         return Page(events, reset, Position(epoch, oldest), Position(epoch, head))
 
     async def read_before(self, room: str, before: Position | None, limit: int) -> list[Event]:
-        args = ["before", limit, before.epoch if before else "", before.offset if before else 0]
+        args = [
+            "before", limit, before.epoch if before else "", before.offset if before else 0,
+            self._retention,
+        ]
         _, _, _, _, events = await self._query(room, args)
         return events
 
@@ -559,6 +598,9 @@ class RedisBackend:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # redis-py turned it into this
                 self._reader_id = None
                 if not self._down:
                     log.warning("redis %s: reading streams failed, retrying: %s", self.name, exc)

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Member", "NicknameTaken", "PresenceTable"]
+__all__ = ["LEFT_TTL", "LeftRoom", "Member", "NicknameTaken", "PresenceTable"]
+
+# How long a session that pressed Leave stays out of a room unless it enters again.
+LEFT_TTL = 24 * 3600.0
 
 
 class NicknameTaken(Exception):
@@ -19,6 +22,19 @@ class NicknameTaken(Exception):
 
     def __init__(self, room: str, user: str) -> None:
         super().__init__(f"the nickname {user!r} is already in use in room {room!r}")
+        self.room = room
+        self.user = user
+
+
+class LeftRoom(Exception):
+    """This session left the room (the Leave button): it must enter again to rejoin.
+
+    Without this, a poll or a socket heartbeat still in flight after the leave would
+    quietly bring the member back.
+    """
+
+    def __init__(self, room: str, user: str) -> None:
+        super().__init__(f"you left room {room!r}: enter it again from the welcome page")
         self.room = room
         self.user = user
 
@@ -38,16 +54,30 @@ class PresenceTable:
 
     def __init__(self) -> None:
         self._rooms: dict[str, dict[str, Member]] = {}
+        # (room, user) -> (session that pressed Leave, when)
+        self._left: dict[tuple[str, str], tuple[str, float]] = {}
 
     def touch(
-        self, room: str, user: str, session: str, conn: str, until: float, now: float
+        self,
+        room: str,
+        user: str,
+        session: str,
+        conn: str,
+        until: float,
+        now: float,
+        rejoin: bool = False,
     ) -> bool:
         """Record that `conn` keeps `user` present until `until`. True if the user just joined.
 
-        Raises NicknameTaken when another session holds the nickname and is still present.
+        Raises NicknameTaken when another session holds the nickname and is still present,
+        and LeftRoom when this session pressed Leave here, unless it `rejoin`s (enters
+        the room again through the welcome page).
         """
         members = self._rooms.setdefault(room, {})
         member = members.get(user)
+        if member is not None and member.session != session and member.alive(now):
+            raise NicknameTaken(room, user)
+        self._check_left(room, user, session, rejoin)
         # A member stays listed until its leave is reported (expire() or leave()): one
         # that expired but was not reaped yet never left in the room's eyes, so its
         # return is no second join.
@@ -62,11 +92,21 @@ class PresenceTable:
         member.conns[conn] = max(until, member.conns.get(conn, until))
         return joined
 
+    def _check_left(self, room: str, user: str, session: str, rejoin: bool) -> None:
+        left = self._left.get((room, user))
+        if left is None or left[0] != session:
+            return
+        if not rejoin:
+            raise LeftRoom(room, user)
+        del self._left[(room, user)]
+
     def check(self, room: str, user: str, session: str, now: float) -> None:
-        """Raise NicknameTaken if another live session holds `user` in `room`."""
+        """Raise NicknameTaken if another live session holds `user` in `room`, LeftRoom
+        if this session left it."""
         member = self._rooms.get(room, {}).get(user)
         if member is not None and member.session != session and member.alive(now):
             raise NicknameTaken(room, user)
+        self._check_left(room, user, session, rejoin=False)
 
     def release(self, room: str, user: str, conn: str, until: float) -> None:
         """A connection closed: it keeps counting until `until` (a short linger)."""
@@ -78,7 +118,9 @@ class PresenceTable:
         """Remove the member at once (the leave button). True if it was a member.
 
         One that expired but was not reaped yet counts: its leave was not reported yet.
+        The session stays out of the room (LeftRoom) until it rejoins.
         """
+        self._left[(room, user)] = (session, now)
         members = self._rooms.get(room, {})
         member = members.get(user)
         if member is None or member.session != session:
@@ -90,6 +132,8 @@ class PresenceTable:
 
     def expire(self, now: float) -> list[tuple[str, str]]:
         """Drop expired connections; return the (room, user) pairs that are now gone."""
+        if self._left:
+            self._left = {k: v for k, v in self._left.items() if now - v[1] < LEFT_TTL}
         gone: list[tuple[str, str]] = []
         for room in list(self._rooms):
             members = self._rooms[room]

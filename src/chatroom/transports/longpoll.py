@@ -43,6 +43,8 @@ async def poll(request: web.Request) -> web.Response:
                 )
     finally:
         chat.connections["longpolling"] -= 1
+    if sub.reason == "left":
+        return json_error(410, "left", f"you left room {room!r}: enter it again to rejoin")
     response = web.Response(body=_json_array(batch), content_type="application/json")
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -68,6 +70,9 @@ async def say(request: web.Request) -> web.Response:
         data = dict(await request.post())
     status, error, stored = await say_from_form(request, chat, session, room, data)
     if error is not None:
-        codes = {400: "invalid", 403: "forbidden", 429: "rate_limited"}
+        codes = {
+            400: "invalid", 403: "forbidden", 409: "nickname_taken", 410: "left",
+            429: "rate_limited",
+        }
         return json_error(status, codes.get(status, "error"), error)
     return web.Response(body=stored.event.data, content_type="application/json")

@@ -45,6 +45,9 @@ async def events(request: web.Request) -> web.StreamResponse:
         await chat.broker.connect(room, session.user, session.sid, conn)
     except NicknameTaken as exc:
         return json_error(409, "nickname_taken", str(exc))
+    except BackendUnavailable as exc:
+        chat.problems.warning("backend", "SSE refused, backend unavailable: %s", exc)
+        return json_error(503, "unavailable", str(exc))
 
     response = web.StreamResponse(
         headers={
@@ -85,11 +88,17 @@ async def events(request: web.Request) -> web.StreamResponse:
                     break
                 pending = None
                 if batch is None:
+                    if sub.reason == "left":
+                        # tell the page not to reconnect (EventSource would, by itself)
+                        await response.write(
+                            b'event: left\ndata: {"type":"left","reason":"you left the room"}\n\n'
+                        )
                     break
                 async with asyncio.timeout(_WRITE_TIMEOUT):
                     await response.write(b"".join(item.sse for item in batch))
-    except (ConnectionResetError, TimeoutError):
-        # gone, or stalled past the write timeout: either way this stream is over
+    except (ConnectionError, TimeoutError):
+        # gone (reset, or lost while a write waited), or stalled past the write
+        # timeout: either way this stream is over
         pass
     finally:
         if pending is not None:
@@ -98,6 +107,6 @@ async def events(request: web.Request) -> web.StreamResponse:
                 await pending
         chat.connections["sse"] -= 1
         await chat.broker.disconnect(conn)
-    with contextlib.suppress(ConnectionResetError):
+    with contextlib.suppress(ConnectionError):
         await response.write_eof()
     return response

@@ -17,7 +17,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from chatroom.broker import BackendUnavailable, SlowConsumer, Subscription
 from chatroom.core.events import read_cursor
-from chatroom.core.presence import NicknameTaken
+from chatroom.core.presence import LeftRoom, NicknameTaken
 from chatroom.core.validation import InvalidInput
 from chatroom.web.pages import new_conn_id
 from chatroom.web.security import Session, same_origin
@@ -35,6 +35,34 @@ CLOSE_TOO_SLOW = 4008
 CLOSE_NICKNAME_TAKEN = 4009
 
 
+# aiohttp closes on a bad incoming frame itself, with a bare code: give each a reason.
+_REASONS: dict[int, bytes] = {
+    WSCloseCode.INVALID_TEXT: b"text frames must be valid UTF-8",
+    WSCloseCode.PROTOCOL_ERROR: b"WebSocket protocol error",
+}
+
+
+class _Socket(web.WebSocketResponse):
+    """A WebSocketResponse whose close frames always carry a readable reason."""
+
+    # the largest message accepted, named in the 1009 reason
+    max_bytes = 0
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        if not message and code == WSCloseCode.MESSAGE_TOO_BIG:
+            message = f"message too big: at most {self.max_bytes} bytes".encode()
+        return await super().close(
+            code=code, message=message or _REASONS.get(code, b""), drain=drain
+        )
+
+
+def _reason(exc: Exception) -> bytes:
+    """A close reason: at most 123 bytes of UTF-8."""
+    return str(exc).encode()[:120]
+
+
 def _frame(kind: str, **fields: Any) -> str:
     return orjson.dumps({"type": kind, **fields}).decode()
 
@@ -50,20 +78,25 @@ async def socket(request: web.Request) -> web.StreamResponse:
         return json_error(401, "no_session", "no session: open / and pick a nickname")
     cursor = read_cursor(request.query.get("lastReceived"))
 
-    ws = web.WebSocketResponse(
+    ws = _Socket(
         heartbeat=20.0,
         max_msg_size=chat.settings.max_body,
         # no per-socket deflate: every subscriber shares one encoded frame
         compress=False,
     )
+    ws.max_bytes = chat.settings.max_body
     await ws.prepare(request)
     conn = new_conn_id()
     try:
         await chat.broker.connect(room, session.user, session.sid, conn)
     except NicknameTaken as exc:
-        await ws.close(code=CLOSE_NICKNAME_TAKEN, message=str(exc)[:120].encode())
+        await ws.close(code=CLOSE_NICKNAME_TAKEN, message=_reason(exc))
         return ws
-    except BackendUnavailable:
+    except LeftRoom as exc:
+        await ws.close(code=CLOSE_LEFT, message=_reason(exc))
+        return ws
+    except BackendUnavailable as exc:
+        chat.problems.warning("backend", "websocket refused, backend unavailable: %s", exc)
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"backend unavailable: retry")
         return ws
     chat.sockets.add(ws)
@@ -95,11 +128,12 @@ async def _send(ws: web.WebSocketResponse, sub: Subscription, chat: Chat) -> Non
         await ws.close(code=CLOSE_TOO_SLOW, message=b"too slow: resume from your last id")
         log.info("websocket cut off: %s", exc)
         return
-    except ConnectionResetError:
+    except ConnectionError:
+        # reset, or lost while a write waited for the client to read: it is gone
         return
     except BackendUnavailable as exc:
         # Could not read history: the client retries later from its cursor.
-        log.warning("websocket history read failed: %s", exc)
+        chat.problems.warning("backend", "websocket history read failed: %s", exc)
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"backend unavailable: retry")
         return
     # The subscription ended: the server is shutting down, or the user left.
@@ -154,17 +188,17 @@ async def _say(chat: Chat, room: str, session: Session, raw: str) -> str | None:
             client_id=client_id if isinstance(client_id, str) else None,
             retry_after=round(wait, 2),
         )
+    cid = client_id if isinstance(client_id, str) else None
     try:
         stored = await chat.broker.say(room, session.user, session.sid, text, client_id)
     except InvalidInput as exc:
-        return _frame(
-            "error",
-            error="invalid",
-            reason=exc.reason,
-            client_id=client_id if isinstance(client_id, str) else None,
-        )
+        return _frame("error", error="invalid", reason=exc.reason, client_id=cid)
+    except NicknameTaken as exc:
+        return _frame("error", error="nickname_taken", reason=str(exc), client_id=cid)
+    except LeftRoom as exc:
+        return _frame("error", error="left", reason=str(exc), client_id=cid)
     except BackendUnavailable as exc:
-        return _frame("error", error="unavailable", reason=str(exc))
+        return _frame("error", error="unavailable", reason=str(exc), client_id=cid)
     if client_id is None:
         return None
     return _frame("ack", client_id=client_id, id=stored.event.id)

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from chatroom.core.presence import NicknameTaken
+from chatroom.core.presence import LeftRoom, NicknameTaken
 from chatroom.core.validation import InvalidInput, validate_nickname, validate_room
 from chatroom.web.security import COOKIE, Session
 from chatroom.web.state import TECHNIQUES, Chat, chat_key, require_post_allowed, room_of
@@ -125,6 +125,8 @@ async def _room_page(
         raise _to_welcome(
             room, technique, f"the nickname {session.user!r} is in use in room {room!r}"
         ) from None
+    except LeftRoom as exc:
+        raise _to_welcome(room, technique, str(exc)) from None
     events, head = await chat.broker.recent(room)
     return _render(
         chat,
@@ -171,6 +173,10 @@ async def say_from_form(
         )
     except InvalidInput as exc:
         return 400, exc.reason, None
+    except NicknameTaken as exc:
+        return 409, str(exc), None
+    except LeftRoom as exc:
+        return 410, str(exc), None
     return 200, None, stored
 
 

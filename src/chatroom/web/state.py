@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -11,8 +12,9 @@ from aiohttp import web
 
 from chatroom.broker import Broker
 from chatroom.config import Settings
-from chatroom.core.presence import NicknameTaken
+from chatroom.core.presence import LeftRoom, NicknameTaken
 from chatroom.core.validation import InvalidInput, validate_room
+from chatroom.observability import Throttled
 from chatroom.web.security import RateLimiter, Session, SessionSigner, same_origin
 
 __all__ = [
@@ -44,6 +46,8 @@ class Chat:
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     # open connections (WebSocket, SSE) and parked long polls, by technique
     connections: Counter[str] = field(default_factory=Counter)
+    # recurring failures (a backend outage) logged once, not once per request
+    problems: Throttled = field(default_factory=lambda: Throttled(logging.getLogger("chatroom")))
 
     def session(self, request: web.Request) -> Session | None:
         return self.signer.from_request(request)
@@ -77,4 +81,4 @@ def require_post_allowed(
 
 
 # re-exported for handlers that translate these into responses
-__all__ += ["InvalidInput", "NicknameTaken"]
+__all__ += ["InvalidInput", "LeftRoom", "NicknameTaken"]

@@ -10,7 +10,7 @@
       try {
         const r = await fetch(`/longpolling/room/messages?room=${encodeURIComponent(Chat.room)}${cursor}`,
           { cache: 'no-store' });
-        if (r.status === 401 || r.status === 409) {
+        if (r.status === 401 || r.status === 409 || r.status === 410) {
           const body = await r.json();
           Chat.status('error', body.reason);
           return;

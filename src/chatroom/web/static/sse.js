@@ -15,10 +15,17 @@
     es.addEventListener('cutoff', (e) => {
       Chat.status('reconnecting', JSON.parse(e.data).reason);
     });
+    let ended = false;
+    es.addEventListener('left', (e) => {
+      // This session left the room (maybe in another tab): stop, do not rejoin.
+      ended = true;
+      es.close();
+      Chat.status('error', JSON.parse(e.data).reason);
+    });
     es.onerror = () => {
       // Reconnect ourselves, from our own last id, with backoff and jitter.
       es.close();
-      if (Chat.leaving) return;
+      if (Chat.leaving || ended) return;
       Chat.status('reconnecting', 'reconnecting…');
       setTimeout(connect, Chat.backoff(attempt++));
     };
