@@ -93,11 +93,6 @@ async def test_redis_outage_refuses_says_keeps_sockets_and_recovers(
     assert log_a.count("is reachable again") == 1, log_a
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.py's errors middleware logs a WARNING for every request refused with 503, "
-    "and the broker's presence reaper logs its failure every second",
-)
 async def test_redis_outage_is_logged_once_not_per_request(
     private_cluster: Cluster, private_redis: RedisServer
 ) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from chatroom.broker.backend import Backend, Draft, Stored
+from chatroom.broker.tasks import cancel_requested, stop_tasks
 from chatroom.core.events import Event, EventType, Position, encode_reset, sse_frame
 from chatroom.core.presence import LeftRoom, NicknameTaken
 from chatroom.core.validation import InvalidInput, validate_text
@@ -226,30 +227,6 @@ class Subscription:
             waiter.set_result(None)
 
 
-async def _stop(tasks: list[asyncio.Task[None]], grace: float = 2.0) -> None:
-    """Cancel background tasks and wait for them, a bounded time.
-
-    A client library that swallows a cancellation (seen with redis-py mid-command)
-    would otherwise make shutdown wait forever; such a task is cancelled again.
-    """
-    for task in tasks:
-        task.cancel()
-    pending = {t for t in tasks if not t.done()}
-    while pending:
-        _, pending = await asyncio.wait(pending, timeout=grace)
-        for task in pending:
-            log.warning("task %s ignored a cancellation: cancelling it again", task.get_name())
-            task.cancel()
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("task %s failed: %r", task.get_name(), task.exception())
-
-
-def _cancel_requested() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
 class Broker:
     def __init__(
         self,
@@ -297,7 +274,7 @@ class Broker:
 
     async def close(self) -> None:
         self.shutdown()
-        await _stop(self._tasks)
+        await stop_tasks(self._tasks)
         self._tasks = []
         await self.backend.close()
 
@@ -453,20 +430,20 @@ class Broker:
         return sorted(((n, counts.get(n, 0)) for n in names), key=lambda r: (-r[1], r[0]))
 
     async def _reaper(self) -> None:
-        while not _cancel_requested():
+        while not cancel_requested():
             await asyncio.sleep(self.reap_interval)
             try:
                 for room, user in await self.backend.presence.expire():
                     await self._announce(room, "leave", user)
             except Exception as exc:
-                if _cancel_requested():
+                if cancel_requested():
                     raise asyncio.CancelledError from exc
                 self._problems.warning("reaper", "presence expiry failed: %s", exc)
             else:
                 self._problems.recovered("reaper", "presence expiry works again")
 
     async def _heartbeat(self) -> None:
-        while not _cancel_requested():
+        while not cancel_requested():
             await asyncio.sleep(self.presence_ttl / 3)
             for conn, (room, user, session) in list(self._sockets.items()):
                 if conn not in self._sockets:
@@ -486,7 +463,7 @@ class Broker:
                     self._end_session(room, session)
                     continue
                 except Exception as exc:
-                    if _cancel_requested():
+                    if cancel_requested():
                         raise asyncio.CancelledError from exc
                     self._problems.warning("heartbeat", "presence heartbeat failed: %s", exc)
                     continue

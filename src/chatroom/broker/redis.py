@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chatroom.broker.backend import BackendUnavailable, Draft, Listener, Page, Presence, Stored
+from chatroom.broker.tasks import cancel_requested, stop_tasks
 from chatroom.core.events import Event, Position, new_epoch
 from chatroom.core.presence import LEFT_TTL, LeftRoom, NicknameTaken
 
@@ -407,9 +408,7 @@ class RedisBackend:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_tasks([self._task])
             self._task = None
         await self._reader.aclose()
         # The pool was handed in, so aclose() alone would leave its connections open.
@@ -572,7 +571,7 @@ class RedisBackend:
 
     async def _read_loop(self) -> None:
         delay = 0.1
-        while True:
+        while not cancel_requested():
             try:
                 if self._down:
                     await self._redis.ping()
@@ -598,8 +597,7 @@ class RedisBackend:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
+                if cancel_requested():
                     raise asyncio.CancelledError from exc  # redis-py turned it into this
                 self._reader_id = None
                 if not self._down:
