@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -76,9 +76,14 @@ class Login:
     page: str
 
 
+class HasUrl(Protocol):
+    @property
+    def url(self) -> str: ...
+
+
 async def login(
     client: aiohttp.ClientSession,
-    server: Server,
+    server: HasUrl,
     user: str,
     room: str = "lobby",
     demo: str = "longpolling",

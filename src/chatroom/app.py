@@ -18,7 +18,7 @@ from chatroom.core.validation import InvalidInput
 from chatroom.transports import longpoll, sse, websocket
 from chatroom.web import api, pages
 from chatroom.web.security import RateLimiter, SessionSigner
-from chatroom.web.state import Chat, chat_key, json_error
+from chatroom.web.state import Chat, NoSession, chat_key, json_error
 
 __all__ = ["create_app"]
 
@@ -40,6 +40,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return json_error(409, "nickname_taken", str(exc))
     except LeftRoom as exc:
         return json_error(410, "left", str(exc))
+    except NoSession as exc:
+        return json_error(401, "no_session", str(exc))
     except BackendUnavailable as exc:
         request.app[chat_key].problems.warning(
             "backend", "backend unavailable (%s %s): %s", request.method, request.path, exc

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import orjson
 
 from chatroom.core.events import Position, parse_cursor
 from tests.redis_server import free_port
+from tests.support import Login, login, new_client
 
 __all__ = [
     "SECRET",
@@ -220,23 +220,9 @@ class Cluster:
 
 
 # --- clients -------------------------------------------------------------------------
-
-
-def new_client() -> aiohttp.ClientSession:
-    # unsafe=True: keep cookies set by 127.0.0.1. Cookies ignore the port, so a session
-    # made on one node is sent to every node, as a browser does behind one host name.
-    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-
-
-_CSRF = re.compile(r'data-csrf="([^"]+)"')
-_LAST = re.compile(r'data-last-id="([^"]*)"')
-
-
-@dataclass
-class Login:
-    csrf: str
-    last_id: str
-    page: str
+# new_client() and login() are tests/support.py's: a node has a url like a Server, and
+# cookies ignore the port, so a session made on one node is sent to every node, as a
+# browser does behind one host name.
 
 
 async def demo_status(
@@ -246,19 +232,6 @@ async def demo_status(
         f"{node.url}/demo", params={"user": user, "room": room, "demo": demo}
     ) as response:
         return response.status, await response.text()
-
-
-async def login(
-    client: aiohttp.ClientSession, node: Node, user: str, room: str, demo: str = "longpolling"
-) -> Login:
-    """Claim a nickname through /demo like a browser; the room page's CSRF token and last id."""
-    status, page = await demo_status(client, node, user, room, demo)
-    assert status == 200, page
-    csrf = _CSRF.search(page)
-    last = _LAST.search(page)
-    assert csrf, page
-    assert last, page
-    return Login(csrf.group(1), last.group(1), page)
 
 
 async def say_lp_status(

@@ -28,9 +28,7 @@ def _json_array(batch: list[Delivery]) -> bytes:
 async def poll(request: web.Request) -> web.Response:
     chat = request.app[chat_key]
     room = room_of(request)
-    session = chat.session(request)
-    if session is None:
-        return json_error(401, "no_session", "no session: open / and pick a nickname")
+    session = chat.require_session(request)
     await chat.broker.poll(room, session.user, session.sid)
     cursor = read_cursor(request.query.get("lastReceived"))
     batch: list[Delivery] = []
@@ -54,9 +52,7 @@ async def poll(request: web.Request) -> web.Response:
 async def say(request: web.Request) -> web.Response:
     chat = request.app[chat_key]
     room = room_of(request)
-    session = chat.session(request)
-    if session is None:
-        return json_error(401, "no_session", "no session: open / and pick a nickname")
+    session = chat.require_session(request)
     data: dict[str, Any]
     if request.content_type == "application/json":
         try:

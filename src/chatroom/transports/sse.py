@@ -34,9 +34,7 @@ async def _next(sub: Subscription) -> list[Delivery] | None:
 async def events(request: web.Request) -> web.StreamResponse:
     chat = request.app[chat_key]
     room = room_of(request)
-    session = chat.session(request)
-    if session is None:
-        return json_error(401, "no_session", "no session: open / and pick a nickname")
+    session = chat.require_session(request)
     cursor = read_cursor(
         request.headers.get("Last-Event-ID") or request.query.get("lastReceived")
     )

@@ -73,9 +73,7 @@ async def socket(request: web.Request) -> web.StreamResponse:
     room = room_of(request)
     if not same_origin(request, chat.settings.allowed_origins):
         return json_error(403, "bad_origin", "WebSocket from another origin refused")
-    session = chat.session(request)
-    if session is None:
-        return json_error(401, "no_session", "no session: open / and pick a nickname")
+    session = chat.require_session(request)
     cursor = read_cursor(request.query.get("lastReceived"))
 
     ws = _Socket(

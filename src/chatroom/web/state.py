@@ -20,6 +20,7 @@ from chatroom.web.security import RateLimiter, Session, SessionSigner, same_orig
 __all__ = [
     "TECHNIQUES",
     "Chat",
+    "NoSession",
     "chat_key",
     "json_error",
     "require_post_allowed",
@@ -51,6 +52,20 @@ class Chat:
 
     def session(self, request: web.Request) -> Session | None:
         return self.signer.from_request(request)
+
+    def require_session(self, request: web.Request) -> Session:
+        """The request's session; NoSession (answered 401) when it has no valid cookie."""
+        session = self.signer.from_request(request)
+        if session is None:
+            raise NoSession()
+        return session
+
+
+class NoSession(Exception):
+    """The request carries no valid session cookie."""
+
+    def __init__(self) -> None:
+        super().__init__("no session: open / and pick a nickname")
 
 
 chat_key = web.AppKey("chat", Chat)
