@@ -1,7 +1,8 @@
 """One load-generating process: N subscribers of one technique; reports what they saw.
 
 Driven over stdin/stdout by the orchestrator (chatroom.bench.run):
-  stdin line 1: JSON config; stdout: "ready <n>"; stdin: "stop <sent>"; stdout: JSON result.
+  stdin line 1: JSON config; stdout: "ready <n>"; stdin: "stop <sent>"; stdout: "done",
+  with the result as JSON in config["result_file"].
 """
 
 from __future__ import annotations
@@ -83,7 +84,10 @@ def main() -> None:
         runner = asyncio.Runner()
     with runner:
         result = runner.run(_run(config))
-    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    # The result (every latency sample) goes to a file: a pipe cut it short at times.
+    with open(config["result_file"], "wb") as f:
+        f.write(orjson.dumps(result))
+    sys.stdout.write("done\n")
     sys.stdout.flush()
 
 

@@ -172,10 +172,13 @@ def login_cookie(base: str, user: str, room: str) -> str:
 # --- client processes ----------------------------------------------------------------
 
 
+
 async def _spawn_clients(
     load: Load, host: str, port: int, path: str, room: str, cookie: str, max_messages: int
-) -> list[asyncio.subprocess.Process]:
-    procs = []
+) -> list[tuple[asyncio.subprocess.Process, Path]]:
+    """Start the client processes; each with the file it writes its result to."""
+    procs: list[asyncio.subprocess.Process] = []
+    files: list[Path] = []
     share = [load.subscribers // load.processes] * load.processes
     for i in range(load.subscribers % load.processes):
         share[i] += 1
@@ -192,29 +195,38 @@ async def _spawn_clients(
         config = {
             "host": host, "port": port, "technique": load.technique, "count": count,
             "cookie": cookie, "path": path, "room": room, "max_messages": max_messages,
+            "result_file": os.path.join(
+                tempfile.gettempdir(), f"chatroom-bench-{os.getpid()}-{len(procs)}.json"
+            ),
         }
         proc.stdin.write(orjson.dumps(config) + b"\n")
         await proc.stdin.drain()
         procs.append(proc)
+        files.append(Path(str(config["result_file"])))
     for proc in procs:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 300)
         if not line.startswith(b"ready"):
             raise RuntimeError(f"client process failed to start: {line!r}")
-    return procs
+    return list(zip(procs, files, strict=True))
 
 
-async def _collect(procs: list[asyncio.subprocess.Process], sent: int) -> list[dict[str, Any]]:
+async def _collect(
+    clients: list[tuple[asyncio.subprocess.Process, Path]], sent: int
+) -> list[dict[str, Any]]:
     results = []
-    for proc in procs:
+    for proc, _ in clients:
         assert proc.stdin is not None
-        assert proc.stdout is not None
         proc.stdin.write(f"stop {sent}\n".encode())
         await proc.stdin.drain()
-    for proc in procs:
+    for proc, path in clients:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 120)
-        results.append(orjson.loads(line))
+        if line.strip() != b"done":
+            raise RuntimeError(f"client process {proc.pid} failed: {line[:200]!r}")
+        data = await asyncio.to_thread(path.read_bytes)
+        await asyncio.to_thread(path.unlink)
+        results.append(orjson.loads(data))
         await proc.wait()
     return results
 
