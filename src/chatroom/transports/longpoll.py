@@ -11,6 +11,7 @@ from aiohttp import web
 
 from chatroom.broker import Delivery, SlowConsumer
 from chatroom.core.events import read_cursor
+from chatroom.core.presence import LeftRoom
 from chatroom.web.pages import say_from_form
 from chatroom.web.state import chat_key, json_error, room_of
 
@@ -42,7 +43,7 @@ async def poll(request: web.Request) -> web.Response:
     finally:
         chat.connections["longpolling"] -= 1
     if sub.reason == "left":
-        return json_error(410, "left", f"you left room {room!r}: enter it again to rejoin")
+        return json_error(410, "left", str(LeftRoom(room, session.user)))
     response = web.Response(body=_json_array(batch), content_type="application/json")
     response.headers["Cache-Control"] = "no-store"
     return response
