@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chatroom.broker import Broker, Reset, SlowConsumer, Subscription
-from chatroom.broker.backend import Listener, Page
+from chatroom.broker.backend import BackendUnavailable, Listener, Page
 from chatroom.broker.broker import Delivery
 from chatroom.broker.memory import MemoryBackend
 from chatroom.core.events import Event, Position
@@ -725,3 +725,39 @@ async def test_any_interleaving_delivers_exactly_what_follows_each_cursor(
     for client in clients:
         for segment in client.segments:
             check_segment(world, segment)
+
+
+async def test_a_read_failing_because_the_broker_closed_ends_the_subscription_quietly(
+    backends: Backends,
+) -> None:
+    """Shutdown closes the backend under a subscriber whose history read is still out;
+    that read then fails (Redis: the pool's sockets are closed). The subscription was
+    told to end: it ends, it does not raise the backend's error."""
+    broker = await backends.broker()
+    backend = broker.backend
+    started = asyncio.Event()
+    release = asyncio.Event()
+    real = backend.read_after
+
+    async def slow_read(room: str, cursor: Position | None, limit: int) -> Page:
+        started.set()
+        await release.wait()
+        raise BackendUnavailable("the connection was closed under this read")
+
+    backend.read_after = slow_read  # type: ignore[method-assign]
+    sub = broker.subscribe(ROOM)
+    reader = asyncio.create_task(anext(sub))
+    await asyncio.wait_for(started.wait(), 2)
+    sub.close("shutdown")
+    release.set()
+    with pytest.raises(StopAsyncIteration):
+        await reader
+    backend.read_after = real  # type: ignore[method-assign]
+    # an open subscription still reports the failure: the client must learn of it
+    other = broker.subscribe(ROOM)
+    backend.read_after = slow_read  # type: ignore[method-assign]
+    release.set()
+    with pytest.raises(BackendUnavailable):
+        await anext(other)
+    backend.read_after = real  # type: ignore[method-assign]
+    other.close()

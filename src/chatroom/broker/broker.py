@@ -117,6 +117,15 @@ class Subscription:
                 self._need_read = False
                 try:
                     batch = await self._read()
+                except Exception:
+                    self._need_read = True
+                    if self._closed:
+                        # Closed while the read was out (a shutdown closing the backend
+                        # under it): the subscription ends as it was told, not with an error.
+                        if self._error is not None:
+                            raise self._error from None
+                        raise StopAsyncIteration from None
+                    raise
                 except BaseException:
                     self._need_read = True
                     raise
