@@ -13,6 +13,7 @@ from chatroom.app import create_app
 from chatroom.broker import Backend, Broker
 from chatroom.config import Settings
 from chatroom.web.state import Chat, chat_key
+from tests.redis_server import free_port
 
 __all__ = ["SECRET", "Server", "login", "new_client", "start_server"]
 
@@ -135,12 +136,6 @@ __all__ += [
     "ws_json",
     "ws_until",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cookie_of(client: aiohttp.ClientSession, server: Server) -> str:
@@ -482,3 +477,21 @@ def open_ws(
     return client.ws_connect(
         f"{server.ws_url}/websocket/room/socket", params=params, **kwargs
     )
+
+
+async def press_leave(
+    client: aiohttp.ClientSession,
+    server: HasUrl,
+    csrf: str,
+    technique: str = "longpolling",
+    room: str = "lobby",
+) -> str:
+    """Press the room page's Leave button; assert the 303 and return where it leads."""
+    async with client.post(
+        f"{server.url}/{technique}/room/leave",
+        params={"room": room},
+        data={"csrf": csrf},
+        allow_redirects=False,
+    ) as response:
+        assert response.status == 303, await response.text()
+        return response.headers["Location"]

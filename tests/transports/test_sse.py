@@ -16,6 +16,7 @@ from tests.support import (
     history,
     login,
     new_client,
+    press_leave,
     publish,
     serving,
 )
@@ -161,13 +162,7 @@ async def test_stream_counts_as_a_connection_and_ends_on_leave(
         await take(stream, 1)
         async with client.get(f"{server.url}/metrics") as response:
             assert 'chatroom_connections{technique="sse"} 1.0' in await response.text()
-        async with client.post(
-            f"{server.url}/sse/room/leave",
-            params={"room": "lobby"},
-            data={"csrf": page.csrf},
-            allow_redirects=False,
-        ) as response:
-            assert response.status == 303
+        await press_leave(client, server, page.csrf, "sse")
         # the leave event, then `event: left` (so the page does not reconnect), the end
         (leave,) = await take(stream, 1)
         assert leave.json()["type"] == "leave"

@@ -17,6 +17,7 @@ from tests.support import (
     login,
     new_client,
     open_ws,
+    press_leave,
     ws_until,
 )
 
@@ -211,13 +212,7 @@ async def test_a_session_that_lost_its_nickname_cannot_speak_as_it(
 ) -> None:
     # alice leaves; a newcomer takes the name; the old cookie must not post as "alice"
     old = await login(client, server, "alice", demo="longpolling")
-    async with client.post(
-        f"{server.url}/longpolling/room/leave",
-        params={"room": "lobby"},
-        data={"csrf": old.csrf},
-        allow_redirects=False,
-    ) as response:
-        assert response.status == 303
+    await press_leave(client, server, old.csrf, "longpolling")
     async with new_client() as newcomer:
         await login(newcomer, server, "alice", demo="websocket")
         async with client.post(
@@ -251,13 +246,7 @@ async def test_after_leave_the_session_stays_out_until_it_enters_again(
     server: Server, client: aiohttp.ClientSession
 ) -> None:
     page = await login(client, server, "alice", demo="longpolling")
-    async with client.post(
-        f"{server.url}/longpolling/room/leave",
-        params={"room": "lobby"},
-        data={"csrf": page.csrf},
-        allow_redirects=False,
-    ) as response:
-        assert response.status == 303
+    await press_leave(client, server, page.csrf, "longpolling")
     # a poll still running after the Leave, or a page left open, does not rejoin
     async with client.get(
         f"{server.url}/longpolling/room/messages", params={"room": "lobby"}

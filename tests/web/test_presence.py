@@ -14,6 +14,7 @@ from tests.support import (
     login,
     new_client,
     open_ws,
+    press_leave,
     serving,
     ws_until,
 )
@@ -91,14 +92,7 @@ async def test_leave_ends_the_member_and_closes_its_websocket(
     page = await login(client, server, "alice", demo="websocket")
     async with open_ws(client, server) as ws:
         await ws_until(ws, lambda fs: len(fs) >= 1)
-        async with client.post(
-            f"{server.url}/websocket/room/leave",
-            params={"room": "lobby"},
-            data={"csrf": page.csrf},
-            allow_redirects=False,
-        ) as response:
-            assert response.status == 303
-            assert response.headers["Location"] == "/?room=lobby"
+        assert await press_leave(client, server, page.csrf, "websocket") == "/?room=lobby"
         frames = []
         async with asyncio.timeout(3):
             while True:
