@@ -17,6 +17,8 @@ from chatroom.core.events import (
     new_epoch,
     parse_cursor,
     resume_from,
+    sse_chunk,
+    ws_frame,
 )
 
 EPOCH_ALPHABET = string.digits + string.ascii_lowercase
@@ -136,6 +138,42 @@ def test_event_is_encoded_once_in_the_wire_format() -> None:
     assert event.id == "e1-42"
     assert event.offset == 42
     assert event.as_dict() == orjson.loads(event.data)
+
+
+# RFC 6455 section 5.7's examples, with the text opcode (0x81) where they show binary
+@pytest.mark.parametrize(
+    ("size", "head"),
+    [
+        (0, b"\x81\x00"),
+        (5, b"\x81\x05"),
+        (125, b"\x81\x7d"),
+        (126, b"\x81\x7e\x00\x7e"),
+        (256, b"\x81\x7e\x01\x00"),
+        (65535, b"\x81\x7e\xff\xff"),
+        (65536, b"\x81\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
+    ],
+)
+def test_ws_frame_is_one_final_unmasked_text_frame(size: int, head: bytes) -> None:
+    data = b"x" * size
+    assert ws_frame(data) == head + data
+
+
+def test_rfc_6455_hello_example() -> None:
+    assert ws_frame(b"Hello") == bytes([0x81, 0x05, 0x48, 0x65, 0x6C, 0x6C, 0x6F])
+
+
+def test_sse_chunk_is_one_http_chunk() -> None:
+    frame = b"id: e-1\ndata: {}\n\n"
+    assert sse_chunk(frame) == b"12\r\n" + frame + b"\r\n"
+    assert len(frame) == 0x12
+
+
+def test_every_framing_is_made_once_with_the_event() -> None:
+    event = Event.create("lobby", Position("e", 7), "message", "ann", 1, "hi")
+    assert event.ws == ws_frame(event.data)
+    assert event.sse_chunk == sse_chunk(event.sse)
+    decoded = Event.decode(event.data)
+    assert (decoded.ws, decoded.sse_chunk) == (event.ws, event.sse_chunk)
 
 
 def test_join_and_leave_carry_no_text() -> None:

@@ -18,7 +18,9 @@ __all__ = [
     "parse_cursor",
     "read_cursor",
     "resume_from",
+    "sse_chunk",
     "sse_frame",
+    "ws_frame",
 ]
 
 EventType = Literal["join", "leave", "message"]
@@ -91,6 +93,10 @@ class Event:
     data: bytes = field(default=b"", compare=False, repr=False)
     # the same event as one Server-Sent Events frame, also made once
     sse: bytes = field(default=b"", compare=False, repr=False)
+    # and as the bytes the fan-out writes to a socket as they are: a WebSocket text
+    # frame, and the SSE frame as one HTTP/1.1 chunk
+    ws: bytes = field(default=b"", compare=False, repr=False)
+    sse_chunk: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def id(self) -> str:
@@ -119,8 +125,24 @@ class Event:
         if text is not None:
             wire["text"] = text
         wire["timestamp"] = timestamp
-        data = orjson.dumps(wire)
-        return cls(room, position, type, user, timestamp, text, data, sse_frame(position, data))
+        return cls.encoded(room, position, type, user, timestamp, text, orjson.dumps(wire))
+
+    @classmethod
+    def encoded(
+        cls,
+        room: str,
+        position: Position,
+        type: EventType,
+        user: str,
+        timestamp: int,
+        text: str | None,
+        data: bytes,
+    ) -> Event:
+        """The event with `data` as its wire encoding and every framing of it made now."""
+        sse = sse_frame(position, data)
+        return cls(
+            room, position, type, user, timestamp, text, data, sse, ws_frame(data), sse_chunk(sse)
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Event:
@@ -129,15 +151,9 @@ class Event:
         position = parse_cursor(wire["id"])
         if position is None:
             raise ValueError(f"stored event has a malformed id: {wire['id']!r}")
-        return cls(
-            room=wire["room"],
-            position=position,
-            type=wire["type"],
-            user=wire["user"],
-            timestamp=wire["timestamp"],
-            text=wire.get("text"),
-            data=data,
-            sse=sse_frame(position, data),
+        return cls.encoded(
+            wire["room"], position, wire["type"], wire["user"], wire["timestamp"],
+            wire.get("text"), data,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -150,6 +166,23 @@ def sse_frame(position: Position | None, data: bytes) -> bytes:
     if position is None:
         return b"data: " + data + b"\n\n"
     return b"id: " + str(position).encode() + b"\ndata: " + data + b"\n\n"
+
+
+def ws_frame(data: bytes) -> bytes:
+    """`data` as one unmasked, unfragmented WebSocket text frame (RFC 6455, server side)."""
+    n = len(data)
+    if n < 126:
+        head = bytes((0x81, n))
+    elif n < 1 << 16:
+        head = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return head + data
+
+
+def sse_chunk(frame: bytes) -> bytes:
+    """`frame` as one HTTP/1.1 chunk of a chunked response body."""
+    return b"%x\r\n%b\r\n" % (len(frame), frame)
 
 
 def encode_reset(oldest: Position | None) -> bytes:
