@@ -22,6 +22,9 @@ class Settings:
     retention: int = 10_000
     # events a subscriber may have waiting before it is cut off as too slow
     max_pending: int = 1024
+    # bytes a streaming client may have unsent in this process (past the kernel's
+    # socket buffer) before it is cut off as too slow
+    max_unsent: int = 1 << 20
     # messages a second per session, and how many may be said at once
     rate: float = 5.0
     burst: float = 10.0

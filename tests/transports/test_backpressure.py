@@ -31,6 +31,8 @@ TOTAL = 2000
 CHUNK = 20
 # big events fill the stalled socket's buffers quickly
 TEXT = "x" * 1500
+# bytes a client may have unsent in the server before it is cut off
+MAX_UNSENT = 64 * 1024
 
 
 async def collect(ws: aiohttp.ClientWebSocketResponse, into: list[dict[str, Any]]) -> None:
@@ -44,7 +46,7 @@ async def collect(ws: aiohttp.ClientWebSocketResponse, into: list[dict[str, Any]
 @pytest.mark.slow
 async def test_a_stalled_socket_is_cut_off_and_delays_no_one(tmp_path: Path) -> None:
     async with (
-        serving(tmp_path, max_pending=50) as server,
+        serving(tmp_path, max_pending=50, max_unsent=MAX_UNSENT) as server,
         new_client() as good,
         new_client() as slow,
     ):
@@ -125,7 +127,7 @@ async def raw_sse(port: int, cookie: str) -> asyncio.StreamWriter:
 @pytest.mark.slow
 async def test_a_stalled_event_stream_is_cut_off_and_delays_no_one(tmp_path: Path) -> None:
     async with (
-        serving(tmp_path, max_pending=50) as server,
+        serving(tmp_path, max_pending=50, max_unsent=MAX_UNSENT) as server,
         new_client() as good,
         new_client() as slow,
     ):
@@ -186,6 +188,11 @@ async def test_a_stalled_client_that_goes_away_is_no_server_error(
         transport = writer.transport
         assert isinstance(transport, asyncio.Transport)
         transport.abort()
+        # the next event finds it gone (an idle stream finds out at its next heartbeat)
+        await asyncio.sleep(0.1)
+        await server.broker.say(ROOM, "bot", "bot-sid", "after")
         await eventually(lambda: not server.chat.connections[technique], within=3)
+        assert server.broker.subscribers(ROOM) == 0
+        assert server.broker.stats.cut_off == 0
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]

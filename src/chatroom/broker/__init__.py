@@ -1,7 +1,7 @@
 """The broker: rooms, publish, subscribe from a cursor, presence; over a Backend."""
 
 from chatroom.broker.backend import Backend, BackendUnavailable, Draft, Page, Stored
-from chatroom.broker.broker import Broker, Delivery, Reset, SlowConsumer, Subscription
+from chatroom.broker.broker import Broker, Delivery, Reset, Sink, SlowConsumer, Subscription
 from chatroom.broker.registry import open_backend
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "Draft",
     "Page",
     "Reset",
+    "Sink",
     "SlowConsumer",
     "Stored",
     "Subscription",

@@ -8,6 +8,12 @@ Fan-out never awaits a subscriber: each one has a bounded queue that the backend
 listener fills without blocking. A subscriber whose queue overflows while its
 consumer is busy elsewhere (a stalled socket) is cut off with SlowConsumer; it can
 resume from its last id.
+
+The fast path: a transport may give its subscription a sink, a function that writes
+events to its socket at once without awaiting. While the subscriber is caught up (its
+consumer parked, nothing queued), the fan-out hands live events straight to the sink:
+no queue, no task wakeup per subscriber per event. The sink answers False when the
+client's unsent bytes are past its bound, and the subscriber is cut off as too slow.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from chatroom.core.presence import LeftRoom, NicknameTaken
 from chatroom.core.validation import InvalidInput, validate_text
 from chatroom.observability import Throttled
 
-__all__ = ["Broker", "Delivery", "Reset", "SlowConsumer", "Stats", "Subscription"]
+__all__ = ["Broker", "Delivery", "Reset", "Sink", "SlowConsumer", "Stats", "Subscription"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,10 @@ class Reset:
 
 
 Delivery = Event | Reset
+
+
+# Writes live events to a subscriber's socket now; False if the client is too far behind.
+Sink = Callable[[Sequence[Event]], bool]
 
 
 class SlowConsumer(Exception):
@@ -83,13 +93,26 @@ class Subscription:
         self._queue: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
-        # why it ended: "left" (the Leave button), "shutdown", "slow" or "closed"
+        # why it ended: "left" (the Leave button), "shutdown", "slow", "gone" or "closed"
         self.reason: str | None = None
         self._error: Exception | None = None
+        self._sink: Sink | None = None
 
     @property
     def cursor(self) -> Position | None:
         return self._cursor
+
+    def set_sink(self, sink: Sink | None) -> None:
+        """Let the fan-out write live events through `sink` while this subscriber is caught up.
+
+        The consumer still iterates the subscription: it gets history, catch-up after a
+        gap, and whatever arrives while it is busy. Everything it was handed is written
+        before it asks for more, so events reach the socket in order whichever path they
+        take. The sink must write whole (never block, never await), answer False when
+        the client is too far behind, and raise ConnectionError when the client is gone:
+        the consumer's next read raises it.
+        """
+        self._sink = sink
 
     async def __aenter__(self) -> Subscription:
         return self
@@ -195,6 +218,44 @@ class Subscription:
         """Called by the fan-out, never blocks. False if this push cut the subscriber off."""
         if self._closed:
             return True
+        sink = self._sink
+        waiter = self._waiter
+        if (
+            sink is not None
+            and waiter is not None
+            and not waiter.done()
+            and not self._queue
+            and not self._need_read
+            and len(events) <= self._broker.max_pending
+        ):
+            # Caught up and parked: these go straight to the socket if they follow on.
+            first, last = events[0].position, events[-1].position
+            cursor = self._cursor
+            follows = cursor is None or (
+                first.epoch == cursor.epoch and first.offset == cursor.offset + 1
+            )
+            if (
+                follows
+                and last.epoch == first.epoch
+                and last.offset - first.offset == len(events) - 1
+            ):
+                try:
+                    written = sink(events)
+                except ConnectionError as exc:
+                    # the client is gone: its consumer ends with this error
+                    self._fail(exc, "gone")
+                    return True
+                if not written:
+                    self._fail(
+                        SlowConsumer(
+                            "too slow: too much unsent to this client; "
+                            "reconnect and resume from your last id"
+                        )
+                    )
+                    return False
+                self._cursor = last
+                return True
+            # Anything else (a gap, an overlap, a new epoch) takes the queue, which knows.
         if len(self._queue) + len(events) > self._broker.max_pending:
             if self._reading or self._need_read or self._waiter is not None or not self._queue:
                 # Catching up from the backend, or caught up (waiting, or nothing left
@@ -219,10 +280,10 @@ class Subscription:
             waiter.set_result(None)
         return True
 
-    def _fail(self, error: Exception) -> None:
+    def _fail(self, error: Exception, reason: str = "slow") -> None:
         self._error = error
         self._queue.clear()
-        self.close("slow")
+        self.close(reason)
 
     def close(self, reason: str = "closed") -> None:
         """End the subscription; `reason` tells the transport why ("left", "shutdown")."""

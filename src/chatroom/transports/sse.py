@@ -11,6 +11,7 @@ from aiohttp import web
 from chatroom.broker import BackendUnavailable, Delivery, SlowConsumer, Subscription
 from chatroom.core.events import read_cursor
 from chatroom.core.presence import NicknameTaken
+from chatroom.transports.direct import socket_sink
 from chatroom.web.pages import new_conn_id
 from chatroom.web.state import chat_key, json_error, room_of
 
@@ -62,6 +63,15 @@ async def events(request: web.Request) -> web.StreamResponse:
         # The browser's reconnect delay, jittered so a restart does not bring all back at once.
         await response.write(f"retry: {random.randint(1000, 4000)}\n\n".encode())
         async with chat.broker.subscribe(room, cursor, session=session.sid) as sub:
+            transport = request.transport
+            if transport is not None:
+                # HTTP/1.1 streams the body in chunks; HTTP/1.0 as it comes
+                chunked = response.headers.get("Transfer-Encoding") == "chunked"
+                sub.set_sink(
+                    socket_sink(
+                        transport, "sse_chunk" if chunked else "sse", chat.settings.max_unsent
+                    )
+                )
             while True:
                 if pending is None:
                     pending = asyncio.ensure_future(_next(sub))

@@ -19,6 +19,7 @@ from chatroom.broker import BackendUnavailable, SlowConsumer, Subscription
 from chatroom.core.events import read_cursor
 from chatroom.core.presence import LeftRoom, NicknameTaken
 from chatroom.core.validation import InvalidInput
+from chatroom.transports.direct import socket_sink
 from chatroom.web.pages import new_conn_id
 from chatroom.web.security import Session, same_origin
 from chatroom.web.state import Chat, chat_key, json_error, room_of
@@ -47,10 +48,15 @@ class _Socket(web.WebSocketResponse):
 
     # the largest message accepted, named in the 1009 reason
     max_bytes = 0
+    # the subscription whose fan-out writes to this socket directly
+    sub: Subscription | None = None
 
     async def close(
         self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
     ) -> bool:
+        if self.sub is not None:
+            # no event frame may follow the close frame
+            self.sub.set_sink(None)
         if not message and code == WSCloseCode.MESSAGE_TOO_BIG:
             message = f"message too big: at most {self.max_bytes} bytes".encode()
         return await super().close(
@@ -101,6 +107,10 @@ async def socket(request: web.Request) -> web.StreamResponse:
     chat.connections["websocket"] += 1
     try:
         async with chat.broker.subscribe(room, cursor, session=session.sid) as sub:
+            transport = request.transport
+            if transport is not None and not ws.closed:
+                ws.sub = sub
+                sub.set_sink(socket_sink(transport, "ws", chat.settings.max_unsent))
             sender = asyncio.create_task(_send(ws, sub, chat))
             try:
                 await _receive(ws, chat, room, session)

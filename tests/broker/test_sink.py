@@ -1,0 +1,167 @@
+"""The fan-out's fast path (Subscription.set_sink) over every backend.
+
+A sink stands for a socket: the fan-out writes live events through it while the
+consumer is parked, and the consumer writes what it is handed. Whatever the mix, the
+"socket" must see every event once, in id order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+
+import pytest
+
+from chatroom.broker import Broker, SlowConsumer, Subscription
+from chatroom.broker.broker import Delivery
+from chatroom.core.events import Event, Position
+from tests.broker.conftest import Backends
+from tests.broker.test_broker import ROOM, say, take
+from tests.support import eventually
+
+pytestmark = pytest.mark.asyncio
+
+
+class Socket:
+    """What a client would receive: the sink's writes and the consumer's, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.sink_writes = 0
+        self.consumer_batches = 0
+        self.answer = True
+        self.gone = False
+
+    def sink(self, events: Sequence[Event]) -> bool:
+        if self.gone:
+            raise ConnectionResetError("the client has gone")
+        if not self.answer:
+            return False
+        self.sink_writes += 1
+        self.events.extend(events)
+        return True
+
+    def consumed(self, batch: list[Delivery]) -> None:
+        self.consumer_batches += 1
+        self.events.extend(d for d in batch if isinstance(d, Event))
+
+
+async def consume(sub: Subscription, socket: Socket, busy: float = 0.0) -> None:
+    """The transport's consumer: writes each batch, sometimes taking a while."""
+    async for batch in sub:
+        socket.consumed(batch)
+        if busy:
+            await asyncio.sleep(random.random() * busy)
+
+
+async def parked(broker: Broker, socket: Socket) -> tuple[Subscription, asyncio.Task[None]]:
+    """A caught-up subscriber with a sink, its consumer parked."""
+    first = (await broker.say(ROOM, "alice", "s1", "first")).event
+    sub = broker.subscribe(ROOM, first.position)
+    sub.set_sink(socket.sink)
+    consumer = asyncio.create_task(consume(sub, socket))
+    await asyncio.sleep(0.05)
+    assert sub._waiter is not None, "the consumer should be parked, caught up"
+    return sub, consumer
+
+
+async def test_live_events_go_through_the_sink_without_waking_the_consumer(
+    backends: Backends,
+) -> None:
+    broker = await backends.broker()
+    socket = Socket()
+    sub, consumer = await parked(broker, socket)
+    batches_before = socket.consumer_batches
+    said = await say(broker, 30, together=False)
+    await eventually(lambda: len(socket.events) == 30)
+    assert socket.events == said
+    assert socket.sink_writes >= 1
+    assert socket.consumer_batches == batches_before
+    assert sub.cursor == said[-1].position
+    sub.close()
+    await consumer
+
+
+async def test_sink_and_consumer_together_deliver_every_event_once_in_order(
+    backends: Backends,
+) -> None:
+    """A consumer reading history in small pages, often busy writing, while more comes:
+    events arrive by both paths, interleaved."""
+    broker = await backends.broker(max_pending=16, page=4)
+    socket = Socket()
+    first = (await broker.say(ROOM, "alice", "s1", "first")).event
+    said = await say(broker, 20)
+    sub = broker.subscribe(ROOM, first.position)
+    sub.set_sink(socket.sink)
+    consumer = asyncio.create_task(consume(sub, socket, busy=0.003))
+    for _ in range(40):
+        said += await say(broker, random.randint(1, 12), together=random.random() < 0.5)
+        # sometimes long enough for the consumer to catch up and park
+        await asyncio.sleep(random.choice([0.0, 0.002, 0.03]))
+    await eventually(lambda: len(socket.events) >= len(said))
+    assert socket.events == said
+    # both paths were taken
+    assert socket.sink_writes > 0
+    assert socket.consumer_batches > 1
+    assert broker.stats.cut_off == 0
+    sub.close()
+    await consumer
+
+
+async def test_a_sink_that_says_too_slow_cuts_the_subscriber_off(backends: Backends) -> None:
+    broker = await backends.broker()
+    socket = Socket()
+    sub, consumer = await parked(broker, socket)
+    written = await say(broker, 3, together=False)
+    await eventually(lambda: len(socket.events) == 3)
+    socket.answer = False
+    rest = await say(broker, 5, together=False)
+    with pytest.raises(SlowConsumer, match="too slow"):
+        await asyncio.wait_for(consumer, 3)
+    assert broker.stats.cut_off == 1
+    assert sub.reason == "slow"
+    assert broker.subscribers(ROOM) == 0
+    # its cursor is the last event the sink took: resuming from it misses nothing
+    assert sub.cursor == written[-1].position
+    async with broker.subscribe(ROOM, sub.cursor) as resumed:
+        assert await take(resumed, 5) == rest
+
+
+async def test_a_sink_whose_client_is_gone_ends_the_subscription_quietly(
+    backends: Backends,
+) -> None:
+    broker = await backends.broker()
+    socket = Socket()
+    sub, consumer = await parked(broker, socket)
+    socket.gone = True
+    await broker.say(ROOM, "alice", "s1", "into the void")
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(consumer, 3)
+    assert sub.reason == "gone"
+    assert broker.stats.cut_off == 0
+    assert broker.subscribers(ROOM) == 0
+
+
+async def test_a_batch_that_does_not_follow_on_never_goes_through_the_sink(
+    backends: Backends,
+) -> None:
+    """A gap (events the listener skipped) takes the queue, which reads the backend."""
+    broker = await backends.broker()
+    socket = Socket()
+    sub, consumer = await parked(broker, socket)
+    cursor = sub.cursor
+    assert cursor is not None
+    ahead = Event.create(ROOM, Position(cursor.epoch, cursor.offset + 5), "message", "x", 1, "?")
+    broker._on_events(ROOM, [ahead])
+    await asyncio.sleep(0.1)
+    assert socket.sink_writes == 0
+    # the consumer asked the backend, which holds no such event: nothing was written
+    assert socket.events == []
+    assert sub.cursor == cursor
+    # and the path is clear again for what really follows
+    said = await say(broker, 2, together=False)
+    await eventually(lambda: len(socket.events) == 2)
+    assert socket.events == said
+    sub.close()
+    await consumer
