@@ -239,7 +239,8 @@ async def _publish(
 ) -> int:
     """Send rate*duration messages on an open-loop schedule; returns how many were sent."""
     tally = Tally(expected_max=8)
-    transport = await open_client("websocket", host, port, path, cookie, tally)
+    technique = "socketio" if frame_kind == "socketio" else "websocket"
+    transport = await open_client(technique, host, port, path, cookie, tally)
     total = int(load.rate * load.duration)
     interval_ns = int(1e9 / load.rate)
     start = time.monotonic_ns() + 50_000_000

@@ -1,4 +1,5 @@
-"""Raw asyncio client protocols for the benchmark: WebSocket, SSE and long polling.
+"""Raw asyncio client protocols for the benchmark: WebSocket, SSE and long polling
+(and Socket.IO over WebSocket, for the socket.io peer of `chatroom bench --compare`).
 
 No client library: each protocol parses what arrives inline and records, for every
 benchmark message, its sequence number and the latency from its intended send time.
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "MARK",
+    "SocketIOClient",
     "Tally",
     "encode_text",
     "mask_frame",
@@ -97,6 +99,9 @@ class Tally:
 
 
 class _Base(asyncio.Protocol):
+    # whether the response head (101/200) makes the client ready, or a later message does
+    ready_on_headers = True
+
     def __init__(self, tally: Tally, ready: asyncio.Future[None]) -> None:
         self.tally = tally
         self.conn = tally.new_conn()
@@ -130,7 +135,7 @@ class _Base(asyncio.Protocol):
             return False
         self.headers_done = True
         self.chunked = b"chunked" in head.lower()
-        if not self.ready.done():
+        if self.ready_on_headers and not self.ready.done():
             self.ready.set_result(None)
         return True
 
@@ -200,6 +205,36 @@ class WebSocketClient(_Base):
                     self.on_text(t)
 
 
+class SocketIOClient(WebSocketClient):
+    """Socket.IO (Engine.IO 4) over a WebSocket, as a socket.io client joins namespace "/".
+
+    The server opens with "0{...}" (Engine.IO open); the client answers "40" (connect to
+    the default namespace) and is ready when "40{...}" comes back ("44{...}" refuses).
+    Pings "2" are answered "3". Events "42[...]" carry the marks, which the frame scan of
+    WebSocketClient records.
+    """
+
+    ready_on_headers = False
+
+    def __init__(self, tally: Tally, ready: asyncio.Future[None]) -> None:
+        super().__init__(tally, ready, on_text=self._engineio)
+
+    def _engineio(self, text: bytes) -> None:
+        if text.startswith(b"42") or self.transport is None:
+            return  # an event: the scan has recorded it
+        if text == b"2":
+            self.transport.write(mask_frame(b"3"))
+        elif text.startswith(b"0{"):
+            self.transport.write(mask_frame(b"40"))
+        elif text.startswith(b"40"):
+            if not self.ready.done():
+                self.ready.set_result(None)
+        elif text.startswith((b"44", b"1")):
+            if not self.ready.done():
+                self.ready.set_exception(ConnectionError(f"socket.io refused: {text[:200]!r}"))
+            self.transport.close()
+
+
 class SSEClient(_Base):
     """Reads a chunked text/event-stream; records marks in data lines."""
 
@@ -247,7 +282,8 @@ def mask_frame(payload: bytes, opcode: int = 1) -> bytes:
     else:
         head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
     if n:
-        m = int.from_bytes(mask * (n // 4 + 1), "big") >> (8 * (4 - n % 4) if n % 4 else 0)
+        # the mask repeated over exactly n bytes (one whole extra copy overflowed n % 4 == 0)
+        m = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
         masked = (int.from_bytes(payload, "big") ^ m).to_bytes(n, "big")
     else:
         masked = b""
@@ -322,6 +358,9 @@ async def open_client(
     proto: _Base
     if technique == "websocket":
         proto = WebSocketClient(tally, ready)
+        request = ws_request(host, port, path, cookie)
+    elif technique == "socketio":
+        proto = SocketIOClient(tally, ready)
         request = ws_request(host, port, path, cookie)
     elif technique == "sse":
         proto = SSEClient(tally, ready)
