@@ -202,7 +202,7 @@ async def run_peer(load: Load, name: str, command: str = "") -> Result:
     clients: list[tuple[asyncio.subprocess.Process, Path]] = []
     collected = False
     try:
-        total = int(load.rate * load.duration)
+        total = load.messages
         rss0 = rss_bytes(proc.pid)
         # subscribers speak the peer's protocol; the result still says "websocket"
         client_load = dataclasses.replace(load, technique=peer.client_technique)

@@ -45,6 +45,12 @@ class Load:
     processes: int = 2
     # seconds to wait after the last send for deliveries to finish
     drain: float = 2.0
+    # if set, publish this many messages back to back instead of rate x duration
+    burst: int = 0
+
+    @property
+    def messages(self) -> int:
+        return self.burst or int(self.rate * self.duration)
 
 
 @dataclass
@@ -241,8 +247,9 @@ async def _publish(
     tally = Tally(expected_max=8)
     technique = "socketio" if frame_kind == "socketio" else "websocket"
     transport = await open_client(technique, host, port, path, cookie, tally)
-    total = int(load.rate * load.duration)
-    interval_ns = int(1e9 / load.rate)
+    total = load.messages
+    # a burst: every message is due at once, so each one's latency counts from the start
+    interval_ns = 0 if load.burst else int(1e9 / load.rate)
     start = time.monotonic_ns() + 50_000_000
     for seq in range(total):
         intended = start + seq * interval_ns
@@ -268,16 +275,18 @@ def summarise(
         latencies.frombytes(base64.b64decode(r["latencies_us"]))
     ordered = array("f", sorted(latencies))
     deliveries = sum(r["received"] for r in results)
+    # a burst is over when its last delivery lands
+    window = (float(ordered[-1]) / 1e6 if ordered else 0.0) if load.burst else load.duration
     return Result(
         server=name,
         technique=load.technique,
         subscribers=load.subscribers,
-        rate=load.rate,
-        duration=load.duration,
+        rate=0.0 if load.burst else load.rate,
+        duration=0.0 if load.burst else load.duration,
         payload=load.payload,
         sent=sent,
         deliveries=deliveries,
-        deliveries_per_s=round(deliveries / load.duration, 1),
+        deliveries_per_s=round(deliveries / window, 1) if window else 0.0,
         p50_ms=round(percentile(ordered, 0.50) / 1000, 2),
         p99_ms=round(percentile(ordered, 0.99) / 1000, 2),
         p999_ms=round(percentile(ordered, 0.999) / 1000, 2),
@@ -312,7 +321,7 @@ async def run_chatroom(
             "sse": f"/sse/room/events?room={room}",
             "longpolling": f"/longpolling/room/messages?room={room}",
         }
-        total = int(load.rate * load.duration)
+        total = load.messages
         rss0 = rss_bytes(proc.pid)
         clients = await _spawn_clients(
             load, "127.0.0.1", port, paths[load.technique], room, sub_cookie, total
@@ -345,14 +354,34 @@ _COLUMNS = [
 
 
 def markdown(results: list[Result]) -> str:
+    """One row per run; with a floor run among them, CPU as a ratio to the floor's too."""
+    floor = next((r for r in results if r.server == "floor"), None)
+    columns = list(_COLUMNS)
+    if floor is not None and floor.cpu_us_per_delivery:
+        columns.insert(10, ("cpu_vs_floor", "CPU vs floor"))
     lines = [
-        "| " + " | ".join(title for _, title in _COLUMNS) + " |",
-        "|" + "---|" * len(_COLUMNS),
+        "| " + " | ".join(title for _, title in columns) + " |",
+        "|" + "---|" * len(columns),
     ]
     for r in results:
         row = asdict(r)
-        lines.append("| " + " | ".join(str(row[key]) for key, _ in _COLUMNS) + " |")
+        if floor is not None and floor.cpu_us_per_delivery and r.cpu_us_per_delivery:
+            row["cpu_vs_floor"] = f"{r.cpu_us_per_delivery / floor.cpu_us_per_delivery:.2f}x"
+        lines.append("| " + " | ".join(str(row.get(key, "")) for key, _ in columns) + " |")
     return "\n".join(lines)
+
+
+def median_run(runs: list[Result]) -> Result:
+    """The run with the median CPU per delivery; losses of every run are summed into it."""
+    ordered = sorted(runs, key=lambda r: r.cpu_us_per_delivery or 0.0)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    if len(runs) > 1:
+        chosen.extra["runs"] = len(runs)
+        chosen.extra["cpu_us_per_delivery_runs"] = [r.cpu_us_per_delivery for r in runs]
+        chosen.extra["p99_ms_runs"] = [r.p99_ms for r in runs]
+        for key in ("lost", "duplicated", "out_of_order", "connect_failures"):
+            setattr(chosen, key, sum(getattr(r, key) for r in runs))
+    return chosen
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -361,32 +390,79 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subscribers", type=int, default=200)
     parser.add_argument("--rate", type=float, default=20.0, help="messages per second")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of publishing")
+    parser.add_argument("--burst", type=int, default=0,
+                        help="publish this many messages back to back instead (rate ignored)")
     parser.add_argument("--payload", type=int, default=100, help="message text size in bytes")
     parser.add_argument("--processes", type=int, default=2, help="client processes")
     parser.add_argument("--backend", default="",
                         help="backend URL for the server (default: SQLite in a temp dir)")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--compare", nargs="?", const="all", default="",
+                        help="also run the peer servers with the same load: 'all' or a "
+                        "comma-separated list of floor, aiohttp-naive, websockets, "
+                        "socketio, node-ws")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="runs per server; the one with the median CPU is reported")
     parser.add_argument("--json", default="", help="append one JSON line per run to this file")
+
+
+def _peers(spec: str) -> list[str]:
+    from chatroom.bench.compare import PEERS
+
+    if not spec:
+        return []
+    names = list(PEERS) if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise SystemExit(f"unknown peer(s): {', '.join(unknown)}; peers: {', '.join(PEERS)}")
+    return names
+
+
+async def _measure(
+    load: Load, backend: str, workers: int, peers: list[str], runs: int, command: str,
+    out: list[Result],
+) -> None:
+    from chatroom.bench.compare import run_peer
+
+    # Interleaved (chatroom, peer, peer, ..., chatroom, ...) so drift in the machine's
+    # state touches every server alike.
+    per_server: dict[str, list[Result]] = {}
+    for _ in range(runs):
+        result = await run_chatroom(load, backend, workers, command)
+        result.extra["backend"] = backend.split("://")[0]
+        result.extra["workers"] = workers
+        per_server.setdefault("chatroom", []).append(result)
+        for name in peers:
+            per_server.setdefault(name, []).append(await run_peer(load, name, command))
+    out.extend(median_run(r) for r in per_server.values())
 
 
 def main(args: argparse.Namespace) -> int:
     load = Load(
         technique=args.technique, subscribers=args.subscribers, rate=args.rate,
         duration=args.duration, payload=args.payload, processes=max(1, args.processes),
+        burst=max(0, args.burst),
     )
+    peers = _peers(args.compare)
+    if peers and load.technique != "websocket":
+        raise SystemExit("--compare measures WebSocket: the peers speak nothing else")
     command = "chatroom bench " + shlex.join(sys.argv[2:] if len(sys.argv) > 2 else [])
+    results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="chatroom-bench-") as tmp:
         backend = args.backend or f"sqlite:///{tmp}/bench.db"
-        result = asyncio.run(run_chatroom(load, backend, args.workers, command))
-    result.extra["backend"] = backend.split("://")[0]
-    result.extra["workers"] = args.workers
-    line = orjson.dumps(asdict(result)).decode()
-    print(line)
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(line + "\n")
+        asyncio.run(
+            _measure(load, backend, args.workers, peers, max(1, args.runs), command, results)
+        )
+    for result in results:
+        line = orjson.dumps(asdict(result)).decode()
+        print(line)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(line + "\n")
     print()
-    print(markdown([result]))
+    print(markdown(results))
     print(f"\nmeasured with: {command}")
-    failed = result.lost or result.duplicated or result.out_of_order or result.connect_failures
+    failed = any(
+        r.lost or r.duplicated or r.out_of_order or r.connect_failures for r in results
+    )
     return 1 if failed else 0
