@@ -27,6 +27,7 @@ from chatroom.bench.run import (
     _publish,
     _spawn_clients,
     cpu_seconds,
+    cpu_times,
     free_port,
     rss_bytes,
     summarise,
@@ -209,9 +210,9 @@ async def run_peer(load: Load, name: str, command: str = "") -> Result:
         clients = await _spawn_clients(client_load, HOST, port, peer.path, "", "", total)
         await asyncio.sleep(0.5)
         rss1 = rss_bytes(proc.pid)
-        cpu0 = cpu_seconds(proc.pid)
+        user0, sys0 = cpu_times(proc.pid)
         sent = await _publish(load, HOST, port, peer.path, "", peer.frame_kind)
-        cpu1 = cpu_seconds(proc.pid)
+        user1, sys1 = cpu_times(proc.pid)
         results = await _collect(clients, sent)
         collected = True
         # all it used since it started: proof that /proc accounting sees the peer, even
@@ -225,7 +226,8 @@ async def run_peer(load: Load, name: str, command: str = "") -> Result:
                     await client.wait()
         await asyncio.to_thread(_stop, proc)
     result = summarise(
-        name, load, sent, results, cpu1 - cpu0, (rss1 - rss0) / max(1, load.subscribers), command
+        name, load, sent, results, user1 + sys1 - user0 - sys0,
+        (rss1 - rss0) / max(1, load.subscribers), command, sys1 - sys0,
     )
     result.extra.update(
         peer=peer.description, server_cpu_total_s=cpu_total, exit_code=proc.returncode

@@ -101,15 +101,21 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    total = 0
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of pid and its descendants."""
+    user = system = 0
     for p in _descendants(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / _CLK_TCK
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / _CLK_TCK, system / _CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 def rss_bytes(pid: int) -> int:
@@ -268,8 +274,9 @@ async def _publish(
 
 def summarise(
     name: str, load: Load, sent: int, results: list[dict[str, Any]], cpu: float | None,
-    rss_per_conn: float | None, command: str,
+    rss_per_conn: float | None, command: str, system: float | None = None,
 ) -> Result:
+    """The figures of one run; `cpu` is the server's CPU seconds, `system` the kernel's part."""
     latencies = array("f")
     for r in results:
         latencies.frombytes(base64.b64decode(r["latencies_us"]))
@@ -301,6 +308,10 @@ def summarise(
         extra={
             "missing_sample": next((r["missing_sample"] for r in results if r["lost"]), []),
             "closed_early": sum(r["closed_early"] for r in results),
+            # the kernel's part of the CPU per delivery (sending, and loopback receiving)
+            "cpu_sys_us_per_delivery": (
+                round(system * 1e6 / deliveries, 2) if system is not None and deliveries else None
+            ),
         },
     )
 
@@ -328,17 +339,18 @@ async def run_chatroom(
         )
         await asyncio.sleep(0.5)
         rss1 = rss_bytes(proc.pid)
-        cpu0 = cpu_seconds(proc.pid)
+        user0, sys0 = cpu_times(proc.pid)
         sent = await _publish(
             load, "127.0.0.1", port, f"/websocket/room/socket?room={room}", pub_cookie, "json"
         )
-        cpu1 = cpu_seconds(proc.pid)
+        user1, sys1 = cpu_times(proc.pid)
         results = await _collect(clients, sent)
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.to_thread(proc.wait, 15)
     return summarise(
-        name, load, sent, results, cpu1 - cpu0, (rss1 - rss0) / max(1, load.subscribers), command
+        name, load, sent, results, user1 + sys1 - user0 - sys0,
+        (rss1 - rss0) / max(1, load.subscribers), command, sys1 - sys0,
     )
 
 

@@ -78,6 +78,12 @@ class Stats:
 class Subscription:
     """One subscriber's view of a room. Registered on creation; use `async with`."""
 
+    # the fan-out touches thousands of these per event: keep them small and near
+    __slots__ = (
+        "_broker", "_closed", "_cursor", "_error", "_initial", "_need_read", "_queue",
+        "_reading", "_sink", "_started", "_waiter", "reason", "room", "session",
+    )
+
     def __init__(
         self, broker: Broker, room: str, cursor: Position | None, session: str | None
     ) -> None:
@@ -218,44 +224,6 @@ class Subscription:
         """Called by the fan-out, never blocks. False if this push cut the subscriber off."""
         if self._closed:
             return True
-        sink = self._sink
-        waiter = self._waiter
-        if (
-            sink is not None
-            and waiter is not None
-            and not waiter.done()
-            and not self._queue
-            and not self._need_read
-            and len(events) <= self._broker.max_pending
-        ):
-            # Caught up and parked: these go straight to the socket if they follow on.
-            first, last = events[0].position, events[-1].position
-            cursor = self._cursor
-            follows = cursor is None or (
-                first.epoch == cursor.epoch and first.offset == cursor.offset + 1
-            )
-            if (
-                follows
-                and last.epoch == first.epoch
-                and last.offset - first.offset == len(events) - 1
-            ):
-                try:
-                    written = sink(events)
-                except ConnectionError as exc:
-                    # the client is gone: its consumer ends with this error
-                    self._fail(exc, "gone")
-                    return True
-                if not written:
-                    self._fail(
-                        SlowConsumer(
-                            "too slow: too much unsent to this client; "
-                            "reconnect and resume from your last id"
-                        )
-                    )
-                    return False
-                self._cursor = last
-                return True
-            # Anything else (a gap, an overlap, a new epoch) takes the queue, which knows.
         if len(self._queue) + len(events) > self._broker.max_pending:
             if self._reading or self._need_read or self._waiter is not None or not self._queue:
                 # Catching up from the backend, or caught up (waiting, or nothing left
@@ -389,8 +357,38 @@ class Broker:
         subs = self._rooms.get(room)
         if not subs:
             return
-        self.stats.deliveries += len(events) * len(subs)
-        for sub in list(subs):
+        n = len(events)
+        self.stats.deliveries += n * len(subs)
+        first, last = events[0].position, events[-1].position
+        epoch, before = first.epoch, first.offset - 1
+        # The direct path takes a batch that is contiguous and not too big at once ...
+        direct = n <= self.max_pending and last.epoch == epoch and last.offset - before == n
+        for sub in tuple(subs):
+            sink = sub._sink
+            waiter = sub._waiter
+            # ... to a subscriber with a sink whose consumer is parked (an undone waiter:
+            # nothing queued, nothing to read) and whose cursor it follows.
+            if direct and sink is not None and waiter is not None and not waiter.done():
+                cursor = sub._cursor
+                if cursor is None or (cursor.offset == before and cursor.epoch == epoch):
+                    try:
+                        written = sink(events)
+                    except ConnectionError as exc:
+                        # the client is gone: its consumer ends with this error
+                        sub._fail(exc, "gone")
+                        continue
+                    if written:
+                        sub._cursor = last
+                        continue
+                    sub._fail(
+                        SlowConsumer(
+                            "too slow: too much unsent to this client; "
+                            "reconnect and resume from your last id"
+                        )
+                    )
+                    self.stats.cut_off += 1
+                    continue
+            # Anything else takes the queue, which knows gaps, overlaps and new epochs.
             if not sub._push(events):
                 self.stats.cut_off += 1
 
