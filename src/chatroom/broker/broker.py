@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -96,7 +95,8 @@ class Subscription:
         self._started = False
         self._need_read = True
         self._reading = False
-        self._queue: deque[Event] = deque()
+        # events handed over while the consumer was busy (a list: empty ones cost nothing)
+        self._queue: list[Event] = []
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         # why it ended: "left" (the Leave button), "shutdown", "slow", "gone" or "closed"
@@ -204,14 +204,12 @@ class Subscription:
 
     def _take_live(self) -> list[Delivery]:
         out: list[Delivery] = []
-        queue = self._queue
-        while queue:
-            event = queue.popleft()
+        queue, self._queue = self._queue, []
+        for event in queue:
             cursor = self._cursor
             if cursor is not None:
                 if event.position.epoch != cursor.epoch or event.offset > cursor.offset + 1:
                     # A gap, or the stream started afresh: let the backend answer.
-                    queue.clear()
                     self._need_read = True
                     break
                 if event.offset <= cursor.offset:
