@@ -81,6 +81,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         broker = Broker(
             store,
             max_pending=settings.max_pending,
+            max_unsent=settings.max_unsent,
             presence_ttl=settings.presence_ttl,
         )
         await broker.start()

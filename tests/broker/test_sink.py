@@ -24,27 +24,40 @@ pytestmark = pytest.mark.asyncio
 
 
 class Socket:
-    """What a client would receive: the sink's writes and the consumer's, in order."""
+    """A sink standing for a client's socket: what it would receive, in order.
+
+    It speaks the plain SSE framing, so each write's events are read back by id.
+    """
 
     def __init__(self) -> None:
-        self.events: list[Event] = []
+        self.ids: list[str] = []
         self.sink_writes = 0
         self.consumer_batches = 0
-        self.answer = True
+        self.unsent = 0
         self.gone = False
 
-    def sink(self, events: Sequence[Event]) -> bool:
-        if self.gone:
-            raise ConnectionResetError("the client has gone")
-        if not self.answer:
-            return False
+    # --- the Sink protocol (what an asyncio transport offers)
+    def write(self, data: bytes) -> None:
         self.sink_writes += 1
-        self.events.extend(events)
-        return True
+        for frame in data.split(b"\n\n")[:-1]:
+            head, _, _ = frame.partition(b"\n")
+            assert head.startswith(b"id: "), frame
+            self.ids.append(head[4:].decode())
 
+    def is_closing(self) -> bool:
+        return self.gone
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+    # --- the consumer's writes
     def consumed(self, batch: list[Delivery]) -> None:
         self.consumer_batches += 1
-        self.events.extend(d for d in batch if isinstance(d, Event))
+        self.ids.extend(d.id for d in batch if isinstance(d, Event))
+
+
+def ids(events: Sequence[Event]) -> list[str]:
+    return [e.id for e in events]
 
 
 async def consume(sub: Subscription, socket: Socket, busy: float = 0.0) -> None:
@@ -59,10 +72,10 @@ async def parked(broker: Broker, socket: Socket) -> tuple[Subscription, asyncio.
     """A caught-up subscriber with a sink, its consumer parked."""
     first = (await broker.say(ROOM, "alice", "s1", "first")).event
     sub = broker.subscribe(ROOM, first.position)
-    sub.set_sink(socket.sink)
+    sub.set_sink(socket, "sse")
     consumer = asyncio.create_task(consume(sub, socket))
     await asyncio.sleep(0.05)
-    assert sub._waiter is not None, "the consumer should be parked, caught up"
+    assert sub._parked, "the consumer should be parked, caught up"
     return sub, consumer
 
 
@@ -74,8 +87,8 @@ async def test_live_events_go_through_the_sink_without_waking_the_consumer(
     sub, consumer = await parked(broker, socket)
     batches_before = socket.consumer_batches
     said = await say(broker, 30, together=False)
-    await eventually(lambda: len(socket.events) == 30)
-    assert socket.events == said
+    await eventually(lambda: len(socket.ids) == 30)
+    assert socket.ids == ids(said)
     assert socket.sink_writes >= 1
     assert socket.consumer_batches == batches_before
     assert sub.cursor == said[-1].position
@@ -93,14 +106,14 @@ async def test_sink_and_consumer_together_deliver_every_event_once_in_order(
     first = (await broker.say(ROOM, "alice", "s1", "first")).event
     said = await say(broker, 20)
     sub = broker.subscribe(ROOM, first.position)
-    sub.set_sink(socket.sink)
+    sub.set_sink(socket, "sse")
     consumer = asyncio.create_task(consume(sub, socket, busy=0.003))
     for _ in range(40):
         said += await say(broker, random.randint(1, 12), together=random.random() < 0.5)
         # sometimes long enough for the consumer to catch up and park
         await asyncio.sleep(random.choice([0.0, 0.002, 0.03]))
-    await eventually(lambda: len(socket.events) >= len(said))
-    assert socket.events == said
+    await eventually(lambda: len(socket.ids) >= len(said))
+    assert socket.ids == ids(said)
     # both paths were taken
     assert socket.sink_writes > 0
     assert socket.consumer_batches > 1
@@ -114,8 +127,8 @@ async def test_a_sink_that_says_too_slow_cuts_the_subscriber_off(backends: Backe
     socket = Socket()
     sub, consumer = await parked(broker, socket)
     written = await say(broker, 3, together=False)
-    await eventually(lambda: len(socket.events) == 3)
-    socket.answer = False
+    await eventually(lambda: len(socket.ids) == 3)
+    socket.unsent = broker.max_unsent + 1
     rest = await say(broker, 5, together=False)
     with pytest.raises(SlowConsumer, match="too slow"):
         await asyncio.wait_for(consumer, 3)
@@ -157,11 +170,11 @@ async def test_a_batch_that_does_not_follow_on_never_goes_through_the_sink(
     await asyncio.sleep(0.1)
     assert socket.sink_writes == 0
     # the consumer asked the backend, which holds no such event: nothing was written
-    assert socket.events == []
+    assert socket.ids == []
     assert sub.cursor == cursor
     # and the path is clear again for what really follows
     said = await say(broker, 2, together=False)
-    await eventually(lambda: len(socket.events) == 2)
-    assert socket.events == said
+    await eventually(lambda: len(socket.ids) == 2)
+    assert socket.ids == ids(said)
     sub.close()
     await consumer

@@ -1,7 +1,15 @@
 """The broker: rooms, publish, subscribe from a cursor, presence; over a Backend."""
 
 from chatroom.broker.backend import Backend, BackendUnavailable, Draft, Page, Stored
-from chatroom.broker.broker import Broker, Delivery, Reset, Sink, SlowConsumer, Subscription
+from chatroom.broker.broker import (
+    Broker,
+    Delivery,
+    Framing,
+    Reset,
+    Sink,
+    SlowConsumer,
+    Subscription,
+)
 from chatroom.broker.registry import open_backend
 
 __all__ = [
@@ -10,6 +18,7 @@ __all__ = [
     "Broker",
     "Delivery",
     "Draft",
+    "Framing",
     "Page",
     "Reset",
     "Sink",

@@ -9,11 +9,12 @@ listener fills without blocking. A subscriber whose queue overflows while its
 consumer is busy elsewhere (a stalled socket) is cut off with SlowConsumer; it can
 resume from its last id.
 
-The fast path: a transport may give its subscription a sink, a function that writes
-events to its socket at once without awaiting. While the subscriber is caught up (its
-consumer parked, nothing queued), the fan-out hands live events straight to the sink:
-no queue, no task wakeup per subscriber per event. The sink answers False when the
-client's unsent bytes are past its bound, and the subscriber is cut off as too slow.
+The fast path: a streaming transport may hand its subscription the socket it writes
+to (a Sink: an asyncio transport, or anything with its three methods) and which of an
+event's ready-made framings it speaks. While the subscriber is caught up (its consumer
+parked, nothing queued), the fan-out writes live events straight to that socket: no
+queue, no task wakeup, no per-client encoding, one write per batch. A client whose
+unsent bytes in this process pass `max_unsent` is cut off as too slow.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Literal, Protocol
 
 from chatroom.broker.backend import Backend, Draft, Stored
 from chatroom.broker.tasks import cancel_requested, stop_tasks
@@ -32,7 +34,9 @@ from chatroom.core.presence import LeftRoom, NicknameTaken
 from chatroom.core.validation import InvalidInput, validate_text
 from chatroom.observability import Throttled
 
-__all__ = ["Broker", "Delivery", "Reset", "Sink", "SlowConsumer", "Stats", "Subscription"]
+__all__ = [
+    "Broker", "Delivery", "Framing", "Reset", "Sink", "SlowConsumer", "Stats", "Subscription",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +63,19 @@ class Reset:
 Delivery = Event | Reset
 
 
-# Writes live events to a subscriber's socket now; False if the client is too far behind.
-Sink = Callable[[Sequence[Event]], bool]
+class Sink(Protocol):
+    """Where the fan-out writes a caught-up subscriber's events (an asyncio transport)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+
+# Which framing a sink speaks: an index into the framings the fan-out makes per batch.
+Framing = Literal["ws", "sse_chunk", "sse"]
+_FRAMINGS: dict[str, int] = {"ws": 0, "sse_chunk": 1, "sse": 2}
 
 
 class SlowConsumer(Exception):
@@ -79,8 +94,9 @@ class Subscription:
 
     # the fan-out touches thousands of these per event: keep them small and near
     __slots__ = (
-        "_broker", "_closed", "_cursor", "_error", "_initial", "_need_read", "_queue",
-        "_reading", "_sink", "_started", "_waiter", "reason", "room", "session",
+        "_broker", "_closed", "_cursor", "_error", "_framing", "_initial", "_need_read",
+        "_parked", "_queue", "_reading", "_sink", "_started", "_waiter", "reason", "room",
+        "session",
     )
 
     def __init__(
@@ -103,22 +119,27 @@ class Subscription:
         self.reason: str | None = None
         self._error: Exception | None = None
         self._sink: Sink | None = None
+        self._framing = 0
+        # the consumer waits on _waiter and nothing has woken it yet: it is caught up
+        self._parked = False
 
     @property
     def cursor(self) -> Position | None:
         return self._cursor
 
-    def set_sink(self, sink: Sink | None) -> None:
-        """Let the fan-out write live events through `sink` while this subscriber is caught up.
+    def set_sink(self, sink: Sink | None, framing: Framing = "ws") -> None:
+        """Let the fan-out write live events to `sink` while this subscriber is caught up.
 
+        `framing` names the bytes each event carries ready-made that the socket speaks.
         The consumer still iterates the subscription: it gets history, catch-up after a
         gap, and whatever arrives while it is busy. Everything it was handed is written
         before it asks for more, so events reach the socket in order whichever path they
-        take. The sink must write whole (never block, never await), answer False when
-        the client is too far behind, and raise ConnectionError when the client is gone:
-        the consumer's next read raises it.
+        take. A transport that ends the stream in its own framing (a WebSocket close
+        frame) takes the sink off first: nothing may follow that. When the sink is
+        closing (the client has gone), the consumer's next read raises ConnectionError.
         """
         self._sink = sink
+        self._framing = _FRAMINGS[framing]
 
     async def __aenter__(self) -> Subscription:
         return self
@@ -169,10 +190,12 @@ class Subscription:
                     return live
                 continue
             self._waiter = asyncio.get_running_loop().create_future()
+            self._parked = True
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+                self._parked = False
 
     async def _read(self) -> list[Delivery]:
         backend = self._broker.backend
@@ -229,9 +252,7 @@ class Subscription:
                 # it is not behind. The backend holds these; read them after.
                 self._queue.clear()
                 self._need_read = True
-                waiter = self._waiter
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
+                self._wake()
                 return True
             self._fail(
                 SlowConsumer(
@@ -241,10 +262,14 @@ class Subscription:
             )
             return False
         self._queue.extend(events)
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
+        self._parked = False
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        return True
 
     def _fail(self, error: Exception, reason: str = "slow") -> None:
         self._error = error
@@ -258,9 +283,7 @@ class Subscription:
         self._closed = True
         self.reason = reason
         self._broker._unregister(self)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
 
 class Broker:
@@ -271,6 +294,7 @@ class Broker:
         archive: int = 50,
         page: int = 500,
         max_pending: int = 1024,
+        max_unsent: int = 1 << 20,
         presence_ttl: float = 30.0,
         linger: float = 5.0,
         reap_interval: float = 1.0,
@@ -280,11 +304,15 @@ class Broker:
         self.archive = archive
         self.page = page
         self.max_pending = max_pending
+        # bytes a sink may hold unsent before its subscriber is cut off as too slow
+        self.max_unsent = max_unsent
         self.presence_ttl = presence_ttl
         self.linger = linger
         self.reap_interval = reap_interval
         self._wall = wall_clock
         self._rooms: dict[str, set[Subscription]] = {}
+        # per watched room, the position of the last event fanned out
+        self._heads: dict[str, Position] = {}
         # connection id -> (room, user, session) for sockets kept present by heartbeat
         self._sockets: dict[str, tuple[str, str, str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -359,32 +387,51 @@ class Broker:
         self.stats.deliveries += n * len(subs)
         first, last = events[0].position, events[-1].position
         epoch, before = first.epoch, first.offset - 1
-        # The direct path takes a batch that is contiguous and not too big at once ...
-        direct = n <= self.max_pending and last.epoch == epoch and last.offset - before == n
+        heads = self._heads
+        previous = heads.get(room)
+        heads[room] = last
+        # The direct path takes a batch that is contiguous and not too big at once, to a
+        # parked subscriber with a sink whose cursor it follows: in the steady state that
+        # cursor is the very Position the last batch ended with.
+        if n > self.max_pending or last.epoch != epoch or last.offset - before != n:
+            for sub in tuple(subs):
+                if not sub._push(events):
+                    self.stats.cut_off += 1
+            return
+        if previous is not None and (previous.offset != before or previous.epoch != epoch):
+            previous = None
+        if n == 1:
+            framings = (first_event := events[0]).ws, first_event.sse_chunk, first_event.sse
+        else:
+            framings = (
+                b"".join([e.ws for e in events]),
+                b"".join([e.sse_chunk for e in events]),
+                b"".join([e.sse for e in events]),
+            )
+        limit = self.max_unsent
         for sub in tuple(subs):
             sink = sub._sink
-            waiter = sub._waiter
-            # ... to a subscriber with a sink whose consumer is parked (an undone waiter:
-            # nothing queued, nothing to read) and whose cursor it follows.
-            if direct and sink is not None and waiter is not None and not waiter.done():
+            if sink is not None and sub._parked:
                 cursor = sub._cursor
-                if cursor is None or (cursor.offset == before and cursor.epoch == epoch):
-                    try:
-                        written = sink(events)
-                    except ConnectionError as exc:
+                if (
+                    cursor is previous
+                    or cursor is None
+                    or (cursor.offset == before and cursor.epoch == epoch)
+                ):
+                    if sink.is_closing():
                         # the client is gone: its consumer ends with this error
-                        sub._fail(exc, "gone")
-                        continue
-                    if written:
-                        sub._cursor = last
-                        continue
-                    sub._fail(
-                        SlowConsumer(
-                            "too slow: too much unsent to this client; "
-                            "reconnect and resume from your last id"
+                        sub._fail(ConnectionResetError("the client has gone"), "gone")
+                    elif sink.get_write_buffer_size() > limit:
+                        sub._fail(
+                            SlowConsumer(
+                                "too slow: too much unsent to this client; "
+                                "reconnect and resume from your last id"
+                            )
                         )
-                    )
-                    self.stats.cut_off += 1
+                        self.stats.cut_off += 1
+                    else:
+                        sink.write(framings[sub._framing])
+                        sub._cursor = last
                     continue
             # Anything else takes the queue, which knows gaps, overlaps and new epochs.
             if not sub._push(events):
@@ -413,6 +460,7 @@ class Broker:
         subs.discard(sub)
         if not subs:
             del self._rooms[sub.room]
+            self._heads.pop(sub.room, None)
             self.backend.unwatch(sub.room)
 
     async def recent(self, room: str) -> tuple[list[Event], Position | None]:

@@ -11,7 +11,6 @@ from aiohttp import web
 from chatroom.broker import BackendUnavailable, Delivery, SlowConsumer, Subscription
 from chatroom.core.events import read_cursor
 from chatroom.core.presence import NicknameTaken
-from chatroom.transports.direct import socket_sink
 from chatroom.web.pages import new_conn_id
 from chatroom.web.state import chat_key, json_error, room_of
 
@@ -67,11 +66,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             if transport is not None:
                 # HTTP/1.1 streams the body in chunks; HTTP/1.0 as it comes
                 chunked = response.headers.get("Transfer-Encoding") == "chunked"
-                sub.set_sink(
-                    socket_sink(
-                        transport, "sse_chunk" if chunked else "sse", chat.settings.max_unsent
-                    )
-                )
+                sub.set_sink(transport, "sse_chunk" if chunked else "sse")
             while True:
                 if pending is None:
                     pending = asyncio.ensure_future(_next(sub))

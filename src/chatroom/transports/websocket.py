@@ -19,7 +19,6 @@ from chatroom.broker import BackendUnavailable, SlowConsumer, Subscription
 from chatroom.core.events import read_cursor
 from chatroom.core.presence import LeftRoom, NicknameTaken
 from chatroom.core.validation import InvalidInput
-from chatroom.transports.direct import socket_sink
 from chatroom.web.pages import new_conn_id
 from chatroom.web.security import Session, same_origin
 from chatroom.web.state import Chat, chat_key, json_error, room_of
@@ -110,7 +109,7 @@ async def socket(request: web.Request) -> web.StreamResponse:
             transport = request.transport
             if transport is not None and not ws.closed:
                 ws.sub = sub
-                sub.set_sink(socket_sink(transport, "ws", chat.settings.max_unsent))
+                sub.set_sink(transport, "ws")
             sender = asyncio.create_task(_send(ws, sub, chat))
             try:
                 await _receive(ws, chat, room, session)
