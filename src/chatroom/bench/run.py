@@ -267,7 +267,8 @@ async def _publish(
         if frame_kind == "socketio":
             payload = b"42" + orjson.dumps(["message", text])
         transport.write(mask_frame(payload))
-    await asyncio.sleep(load.drain)
+    # A burst is CPU-bound on the server: allow it time to deliver it all (30 us each).
+    await asyncio.sleep(load.drain + (3e-5 * total * load.subscribers if load.burst else 0))
     transport.close()
     return total
 
@@ -366,10 +367,15 @@ _COLUMNS = [
 
 
 def markdown(results: list[Result]) -> str:
-    """One row per run; with a floor run among them, CPU as a ratio to the floor's too."""
-    floor = next((r for r in results if r.server == "floor"), None)
+    """One row per run; with floor runs among them, CPU as a ratio to the floor's at the
+    same load too."""
+    floors = {
+        (r.subscribers, r.rate, r.technique): r.cpu_us_per_delivery
+        for r in results
+        if r.server == "floor" and r.cpu_us_per_delivery
+    }
     columns = list(_COLUMNS)
-    if floor is not None and floor.cpu_us_per_delivery:
+    if floors:
         columns.insert(10, ("cpu_vs_floor", "CPU vs floor"))
     lines = [
         "| " + " | ".join(title for _, title in columns) + " |",
@@ -377,8 +383,9 @@ def markdown(results: list[Result]) -> str:
     ]
     for r in results:
         row = asdict(r)
-        if floor is not None and floor.cpu_us_per_delivery and r.cpu_us_per_delivery:
-            row["cpu_vs_floor"] = f"{r.cpu_us_per_delivery / floor.cpu_us_per_delivery:.2f}x"
+        floor = floors.get((r.subscribers, r.rate, r.technique))
+        if floor and r.cpu_us_per_delivery:
+            row["cpu_vs_floor"] = f"{r.cpu_us_per_delivery / floor:.2f}x"
         lines.append("| " + " | ".join(str(row.get(key, "")) for key, _ in columns) + " |")
     return "\n".join(lines)
 
@@ -415,6 +422,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "socketio, node-ws")
     parser.add_argument("--runs", type=int, default=1,
                         help="runs per server; the one with the median CPU is reported")
+    parser.add_argument("--sweep", action="store_true",
+                        help="stress to the knee: rising publish rates for each server "
+                        "(--rate ignored) until p99 passes --p99-limit or anything is lost")
+    parser.add_argument("--sweep-rates", default="",
+                        help="comma-separated msg/s for --sweep (default: a 1.6x ladder "
+                        "from about 5,000 deliveries/s)")
+    parser.add_argument("--p99-limit", type=float, default=100.0, help="ms, for --sweep")
+    parser.add_argument("--max-steps", type=int, default=8, help="steps per --sweep")
+    parser.add_argument("--plot", default="", metavar="FILE",
+                        help="write a PNG of the results (needs pip install -e .[bench])")
     parser.add_argument("--json", default="", help="append one JSON line per run to this file")
 
 
@@ -449,6 +466,48 @@ async def _measure(
     out.extend(median_run(r) for r in per_server.values())
 
 
+def _report(result: Result, json_path: str) -> None:
+    line = orjson.dumps(asdict(result)).decode()
+    print(line, flush=True)
+    if json_path:
+        with open(json_path, "a") as f:
+            f.write(line + "\n")
+
+
+def _sweeps(
+    args: argparse.Namespace, load: Load, peers: list[str], command: str,
+    results: list[Result],
+) -> int:
+    from chatroom.bench.sweep import first_failure, knee, knee_table, sweep
+
+    rates = [float(r) for r in args.sweep_rates.split(",") if r.strip()] or None
+    rows: list[tuple[str, int, Result | None, Result | None]] = []
+
+    async def run_all(backend: str) -> None:
+        for server in ["chatroom", *peers]:
+            steps = await sweep(
+                load, server, rates, backend=backend, workers=args.workers,
+                command=command, p99_limit_ms=args.p99_limit,
+                max_steps=max(1, args.max_steps),
+                # each step as it ends: a crash later keeps what was measured
+                on_step=lambda r: _report(r, args.json),
+            )
+            results.extend(steps)
+            rows.append(
+                (server, load.subscribers, knee(steps, args.p99_limit),
+                 first_failure(steps, args.p99_limit))
+            )
+
+    with tempfile.TemporaryDirectory(prefix="chatroom-bench-") as tmp:
+        asyncio.run(run_all(args.backend or f"sqlite:///{tmp}/bench.db"))
+    print()
+    print(markdown(results))
+    print()
+    print(knee_table(rows))
+    # a failing last step is where a sweep stops, not an error: fail only without a knee
+    return 1 if any(k is None for _, _, k, _ in rows) else 0
+
+
 def main(args: argparse.Namespace) -> int:
     load = Load(
         technique=args.technique, subscribers=args.subscribers, rate=args.rate,
@@ -458,23 +517,33 @@ def main(args: argparse.Namespace) -> int:
     peers = _peers(args.compare)
     if peers and load.technique != "websocket":
         raise SystemExit("--compare measures WebSocket: the peers speak nothing else")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SystemExit("--plot needs matplotlib: pip install -e .[bench]") from None
     command = "chatroom bench " + shlex.join(sys.argv[2:] if len(sys.argv) > 2 else [])
     results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="chatroom-bench-") as tmp:
-        backend = args.backend or f"sqlite:///{tmp}/bench.db"
-        asyncio.run(
-            _measure(load, backend, args.workers, peers, max(1, args.runs), command, results)
+    if args.sweep:
+        status = _sweeps(args, load, peers, command, results)
+    else:
+        with tempfile.TemporaryDirectory(prefix="chatroom-bench-") as tmp:
+            backend = args.backend or f"sqlite:///{tmp}/bench.db"
+            asyncio.run(
+                _measure(load, backend, args.workers, peers, max(1, args.runs), command, results)
+            )
+        for result in results:
+            _report(result, args.json)
+        print()
+        print(markdown(results))
+        failed = any(
+            r.lost or r.duplicated or r.out_of_order or r.connect_failures for r in results
         )
-    for result in results:
-        line = orjson.dumps(asdict(result)).decode()
-        print(line)
-        if args.json:
-            with open(args.json, "a") as f:
-                f.write(line + "\n")
-    print()
-    print(markdown(results))
+        status = 1 if failed else 0
     print(f"\nmeasured with: {command}")
-    failed = any(
-        r.lost or r.duplicated or r.out_of_order or r.connect_failures for r in results
-    )
-    return 1 if failed else 0
+    if args.plot:
+        from chatroom.bench.plot import plot
+
+        plot(results, args.plot, p99_limit_ms=args.p99_limit if args.sweep else None)
+        print(f"plot: {args.plot}")
+    return status
