@@ -183,6 +183,56 @@ async def test_concurrent_retries_store_one_event(backends: Backends) -> None:
     assert len((await backend.read_after(ROOM, None, 10)).events) == 1
 
 
+async def test_append_many_stores_in_order_as_append_would(backends: Backends) -> None:
+    calls: list[list[Event]] = []
+    backend = await backends.start(listener=lambda room, events: calls.append([*events]))
+    backend.watch(ROOM)
+    await backend.read_after(ROOM, None, 0)
+    first = await backend.append(ROOM, msg("before", session="s1", client_id="k0"))
+    drafts = [
+        msg("a", session="s1", client_id="k1"),
+        msg("b", session="s1"),
+        # a retry of one already stored, and of one earlier in this very batch
+        msg("before again", session="s1", client_id="k0"),
+        msg("a again", session="s1", client_id="k1"),
+        msg("c", session="s1", client_id="k2"),
+    ]
+    stored = await backend.append_many(ROOM, drafts)
+    assert [s.duplicate for s in stored] == [False, False, True, True, False]
+    assert [s.event.text for s in stored] == ["a", "b", "before", "a", "c"]
+    assert stored[2].event == first.event
+    assert stored[3].event == stored[0].event
+    assert [s.event.offset for s in stored if not s.duplicate] == [2, 3, 4]
+    page = await backend.read_after(ROOM, None, 10)
+    assert [e.text for e in page.events] == ["before", "a", "b", "c"]
+    # the listener sees each stored event once, in order (however it is batched)
+    for _ in range(100):
+        if sum(map(len, calls)) >= 4:
+            break
+        await asyncio.sleep(0.01)
+    assert [e.text for batch in calls for e in batch] == ["before", "a", "b", "c"]
+    assert await backend.append_many(ROOM, []) == []
+
+
+async def test_append_many_beside_concurrent_appends_keeps_each_callers_order(
+    backends: Backends,
+) -> None:
+    backend = await backends.start()
+
+    async def burst(who: str) -> list[Stored]:
+        return await backend.append_many(ROOM, [msg(f"{who}{i}", user=who) for i in range(20)])
+
+    results = await asyncio.gather(burst("x"), burst("y"), *(
+        backend.append(ROOM, msg(f"z{i}", user="z")) for i in range(10)
+    ))
+    page = await backend.read_after(ROOM, None, 100)
+    assert offsets(page.events) == list(range(1, 51))
+    for who in ("x", "y"):
+        mine = [e.text for e in page.events if e.user == who]
+        assert mine == [f"{who}{i}" for i in range(20)]
+    assert len(results) == 12
+
+
 # --- read_after ------------------------------------------------------------------------------
 
 

@@ -178,3 +178,23 @@ async def test_a_batch_that_does_not_follow_on_never_goes_through_the_sink(
     assert socket.ids == ids(said)
     sub.close()
     await consumer
+
+
+async def test_a_burst_said_at_once_reaches_a_caught_up_socket_in_few_writes(
+    backends: Backends,
+) -> None:
+    """say_many lets the backend store a burst together; the fan-out then writes it to
+    each caught-up socket in one write per delivery (one write per event otherwise)."""
+    broker = await backends.broker()
+    socket = Socket()
+    sub, consumer = await parked(broker, socket)
+    drafts = [broker.draft("alice", "s1", f"burst {i}", f"k{i}") for i in range(50)]
+    stored = await broker.say_many(ROOM, "alice", "s1", drafts)
+    await eventually(lambda: len(socket.ids) == 50)
+    assert socket.ids == [s.event.id for s in stored]
+    assert [s.event.text for s in stored] == [f"burst {i}" for i in range(50)]
+    if backends.kind != "redis":
+        # memory: one delivery; sqlite: one group commit (two if the writer woke early)
+        assert socket.sink_writes <= 2
+    sub.close()
+    await consumer

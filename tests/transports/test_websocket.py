@@ -381,3 +381,50 @@ async def test_an_allowed_origin_may_connect(tmp_path: Path) -> None:
             async with open_ws(client, server, origin="https://chat.example.org.evil.test"):
                 pass
         assert info.value.status == 403
+
+
+async def test_a_burst_is_stored_in_order_and_every_frame_answered_in_order(
+    tmp_path: Path,
+) -> None:
+    """Frames sent back to back are stored in runs (while one commits, the next
+    gathers); order and the one-answer-per-frame rule hold whatever the runs."""
+    async with serving(tmp_path, rate=1e6, burst=1e6) as server, new_client() as client:
+        await login(client, server, "alice", demo="websocket")
+        sent: list[str] = []
+        async with open_ws(client, server) as ws:
+            for i in range(300):
+                if i % 50 == 25:
+                    sent.append("{not json")
+                else:
+                    sent.append(f'{{"text": "b{i}", "client_id": "c{i}"}}')
+                await ws.send_str(sent[-1])
+            frames = await ws_until(
+                ws, lambda fs: sum(f.get("type") in ("ack", "error") for f in fs) >= 300
+            )
+        answers = [f for f in frames if f.get("type") in ("ack", "error")]
+        assert [a.get("client_id") for a in answers] == [
+            None if s == "{not json" else f"c{i}" for i, s in enumerate(sent)
+        ]
+        assert [a["error"] for a in answers if a["type"] == "error"] == ["bad_json"] * 6
+        acks = [a for a in answers if a["type"] == "ack"]
+        stored = [e for e in await history(client, server) if e["type"] == "message"]
+        assert [e["id"] for e in stored] == [a["id"] for a in acks]
+        assert [e["text"] for e in stored] == [
+            f"b{i}" for i in range(300) if i % 50 != 25
+        ]
+
+
+async def test_what_a_socket_said_before_it_closed_is_stored(tmp_path: Path) -> None:
+    async with serving(tmp_path, rate=1e6, burst=1e6) as server, new_client() as client:
+        await login(client, server, "alice", demo="websocket")
+        async with open_ws(client, server) as ws:
+            for i in range(100):
+                await ws.send_json({"text": f"last words {i}", "client_id": f"w{i}"})
+        # closed at once, before most answers came: still, every message is kept, in order
+        async with asyncio.timeout(5):
+            while True:
+                stored = [e for e in await history(client, server) if e["type"] == "message"]
+                if len(stored) >= 100:
+                    break
+                await asyncio.sleep(0.05)
+        assert [e["text"] for e in stored] == [f"last words {i}" for i in range(100)]

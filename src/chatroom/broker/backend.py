@@ -140,6 +140,13 @@ class Backend(Protocol):
 
     async def append(self, room: str, draft: Draft) -> Stored: ...
 
+    async def append_many(self, room: str, drafts: Sequence[Draft]) -> list[Stored]:
+        """Append `drafts` in their order, as append() would each; returns once all are
+        durable, their Stored in the same order. A backend may store them together (one
+        commit, one delivery to the listener): that is what lets a burst from one client
+        reach every socket in one write."""
+        ...
+
     async def read_after(self, room: str, cursor: Position | None, limit: int) -> Page: ...
 
     async def read_before(

@@ -355,6 +355,16 @@ class Broker:
         Raises InvalidInput for bad input, NicknameTaken when another session now holds
         the nickname in the room, LeftRoom when this session left it.
         """
+        draft = self.draft(user, session, text, client_id)
+        # Identity is the server's word: only the session holding the name speaks as it.
+        await self.backend.presence.check(room, user, session)
+        stored = await self.backend.append(room, draft)
+        if not stored.duplicate:
+            self.stats.published += 1
+        return stored
+
+    def draft(self, user: str, session: str, text: object, client_id: object = None) -> Draft:
+        """A message of `user` ready to store, stamped now; InvalidInput for bad input."""
         clean = validate_text(text)
         if client_id is not None and (
             not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID
@@ -362,12 +372,22 @@ class Broker:
             raise InvalidInput(
                 "client_id", f"client_id must be a string of 1 to {MAX_CLIENT_ID} characters"
             )
-        # Identity is the server's word: only the session holding the name speaks as it.
+        return Draft("message", user, self._now_ms(), clean, session, client_id or None)
+
+    async def say_many(
+        self, room: str, user: str, session: str, drafts: Sequence[Draft]
+    ) -> list[Stored]:
+        """Store several messages of one session (made by draft()) in their order; answers
+        once all are durable. The backend may commit them together, so a burst from one
+        client reaches each subscriber as one write.
+
+        Raises NicknameTaken or LeftRoom as say() does, for all of them.
+        """
+        if not drafts:
+            return []
         await self.backend.presence.check(room, user, session)
-        draft = Draft("message", user, self._now_ms(), clean, session, client_id or None)
-        stored = await self.backend.append(room, draft)
-        if not stored.duplicate:
-            self.stats.published += 1
+        stored = await self.backend.append_many(room, drafts)
+        self.stats.published += sum(not s.duplicate for s in stored)
         return stored
 
     async def _announce(self, room: str, kind: EventType, user: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from chatroom.broker.backend import Draft, Listener, Page, Presence, Stored
@@ -50,6 +51,19 @@ class MemoryBackend:
         pass
 
     async def append(self, room: str, draft: Draft) -> Stored:
+        stored = self._store(room, draft)
+        if self._listener is not None and not stored.duplicate:
+            self._listener(room, (stored.event,))
+        return stored
+
+    async def append_many(self, room: str, drafts: Sequence[Draft]) -> list[Stored]:
+        stored = [self._store(room, draft) for draft in drafts]
+        fresh = [s.event for s in stored if not s.duplicate]
+        if self._listener is not None and fresh:
+            self._listener(room, fresh)
+        return stored
+
+    def _store(self, room: str, draft: Draft) -> Stored:
         stream = self._streams.get(room)
         if stream is None:
             stream = self._streams[room] = _Stream(new_epoch(), self._retention)
@@ -70,8 +84,6 @@ class MemoryBackend:
             old_key = stream.keys.pop(dropped.offset, None)
             if old_key is not None:
                 del stream.said[old_key]
-        if self._listener is not None:
-            self._listener(room, (event,))
         return Stored(event)
 
     async def read_after(self, room: str, cursor: Position | None, limit: int) -> Page:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -442,6 +443,10 @@ class RedisBackend:
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from exc
         return Stored(Event.decode(bytes(data)), duplicate=bool(duplicate))
+
+    async def append_many(self, room: str, drafts: Sequence[Draft]) -> list[Stored]:
+        # One after another: commands on pooled connections could reach Redis out of order.
+        return [await self.append(room, draft) for draft in drafts]
 
     # --- reading ---------------------------------------------------------------
 

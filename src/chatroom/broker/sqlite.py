@@ -12,7 +12,7 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -253,6 +253,17 @@ class SQLiteBackend:
         future: Future[Stored] = Future()
         self._jobs.put(_Append(room, draft, future))
         return await asyncio.wrap_future(future)
+
+    async def append_many(self, room: str, drafts: Sequence[Draft]) -> list[Stored]:
+        if self._thread is None:
+            raise BackendUnavailable("the database is closed")
+        # queued together, in order: the writer commits them in one group
+        futures: list[Future[Stored]] = []
+        for draft in drafts:
+            future: Future[Stored] = Future()
+            self._jobs.put(_Append(room, draft, future))
+            futures.append(future)
+        return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
 
     def _bounds(self, room: str) -> tuple[str | None, int | None, int | None]:
         known = self._heads.get(room)

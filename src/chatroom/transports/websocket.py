@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from chatroom.broker import BackendUnavailable, SlowConsumer, Subscription
+from chatroom.broker import BackendUnavailable, Draft, SlowConsumer, Subscription
 from chatroom.core.events import read_cursor
 from chatroom.core.presence import LeftRoom, NicknameTaken
 from chatroom.core.validation import InvalidInput
@@ -150,24 +151,123 @@ async def _send(ws: web.WebSocketResponse, sub: Subscription, chat: Chat) -> Non
         await ws.close(code=CLOSE_LEFT, message=b"you left the room")
 
 
+# Messages one socket may have waiting to be stored (past this, its frames wait in TCP),
+# and how many are stored together at most.
+_MAX_WAITING = 256
+_RUN = 64
+
+
+class _Sayer:
+    """Stores what one socket says, in order, and answers each message in order.
+
+    While one run of messages is being committed, the next gathers: a burst from one
+    client becomes a few commits, and each subscriber gets it in a few writes.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, chat: Chat, room: str, session: Session):
+        self._ws = ws
+        self._chat = chat
+        self._room = room
+        self._session = session
+        # a Draft to store, or a reply (an error frame) to send in its turn
+        self._items: deque[Draft | str] = deque()
+        self._more = asyncio.Event()
+        self._room_for_more = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.create_task(self._run(), name="chatroom-ws-say")
+
+    async def put(self, item: Draft | str) -> None:
+        while len(self._items) >= _MAX_WAITING:
+            self._room_for_more.clear()
+            await self._room_for_more.wait()
+        self._items.append(item)
+        self._more.set()
+
+    async def close(self, within: float = 10.0) -> None:
+        """Store (and answer, while the socket is open) what was said, then stop."""
+        self._closing = True
+        self._more.set()
+        _, pending = await asyncio.wait({self._task}, timeout=within)
+        for task in pending:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        items = self._items
+        while True:
+            if not items:
+                if self._closing:
+                    return
+                self._more.clear()
+                await self._more.wait()
+                continue
+            head = items[0]
+            if isinstance(head, str):
+                items.popleft()
+                await self._send(head)
+            else:
+                run: list[Draft] = []
+                while items and len(run) < _RUN and isinstance(items[0], Draft):
+                    run.append(items.popleft())  # type: ignore[arg-type]
+                self._room_for_more.set()
+                for reply in await self._store(run):
+                    await self._send(reply)
+            self._room_for_more.set()
+
+    async def _store(self, run: list[Draft]) -> list[str]:
+        chat, session = self._chat, self._session
+        try:
+            stored = await chat.broker.say_many(self._room, session.user, session.sid, run)
+        except NicknameTaken as exc:
+            error, reason = "nickname_taken", str(exc)
+        except LeftRoom as exc:
+            error, reason = "left", str(exc)
+        except BackendUnavailable as exc:
+            error, reason = "unavailable", str(exc)
+        else:
+            return [
+                _frame("ack", client_id=draft.client_id, id=s.event.id)
+                for draft, s in zip(run, stored, strict=True)
+                if draft.client_id is not None
+            ]
+        return [
+            _frame("error", error=error, reason=reason, client_id=draft.client_id)
+            for draft in run
+        ]
+
+    async def _send(self, reply: str) -> None:
+        if self._ws.closed:
+            return
+        with contextlib.suppress(ConnectionError):
+            await self._ws.send_str(reply)
+
+
 async def _receive(ws: web.WebSocketResponse, chat: Chat, room: str, session: Session) -> None:
-    async for msg in ws:
-        if msg.type == WSMsgType.TEXT:
-            reply = await _say(chat, room, session, msg.data)
-            if reply is not None:
-                await ws.send_str(reply)
-        elif msg.type == WSMsgType.BINARY:
-            await ws.close(
-                code=WSCloseCode.UNSUPPORTED_DATA, message=b"binary frames are not accepted"
-            )
-            return
-        elif msg.type == WSMsgType.ERROR:
-            # aiohttp has closed the socket already with the code that fits
-            # (1007 invalid UTF-8, 1009 too big, 1002 protocol error).
-            return
+    # made on the first message: a socket that only listens holds none
+    sayer: _Sayer | None = None
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                if sayer is None:
+                    sayer = _Sayer(ws, chat, room, session)
+                await sayer.put(_parse(chat, session, msg.data))
+            elif msg.type == WSMsgType.BINARY:
+                await ws.close(
+                    code=WSCloseCode.UNSUPPORTED_DATA, message=b"binary frames are not accepted"
+                )
+                return
+            elif msg.type == WSMsgType.ERROR:
+                # aiohttp has closed the socket already with the code that fits
+                # (1007 invalid UTF-8, 1009 too big, 1002 protocol error).
+                return
+    finally:
+        if sayer is not None:
+            await sayer.close()
 
 
-async def _say(chat: Chat, room: str, session: Session, raw: str) -> str | None:
+def _parse(chat: Chat, session: Session, raw: str) -> Draft | str:
+    """One frame the client sent: the message to store, or the error frame to answer."""
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -186,26 +286,17 @@ async def _say(chat: Chat, room: str, session: Session, raw: str) -> str | None:
         return _frame(
             "error", error="bad_frame", reason='send {"text": "...", "client_id": "..."}'
         )
+    cid = client_id if isinstance(client_id, str) else None
     wait = chat.limiter.check(session.sid)
     if wait > 0:
         return _frame(
             "error",
             error="rate_limited",
             reason=f"too many messages: wait {wait:.1f} s and send again",
-            client_id=client_id if isinstance(client_id, str) else None,
+            client_id=cid,
             retry_after=round(wait, 2),
         )
-    cid = client_id if isinstance(client_id, str) else None
     try:
-        stored = await chat.broker.say(room, session.user, session.sid, text, client_id)
+        return chat.broker.draft(session.user, session.sid, text, client_id)
     except InvalidInput as exc:
         return _frame("error", error="invalid", reason=exc.reason, client_id=cid)
-    except NicknameTaken as exc:
-        return _frame("error", error="nickname_taken", reason=str(exc), client_id=cid)
-    except LeftRoom as exc:
-        return _frame("error", error="left", reason=str(exc), client_id=cid)
-    except BackendUnavailable as exc:
-        return _frame("error", error="unavailable", reason=str(exc), client_id=cid)
-    if client_id is None:
-        return None
-    return _frame("ack", client_id=client_id, id=stored.event.id)
