@@ -1,0 +1,45 @@
+"""How `chatroom bench` reports: the table with its ratio to the floor, and the median run."""
+
+from __future__ import annotations
+
+from chatroom.bench.run import Load, Result, markdown, median_run
+
+
+def run(server: str, cpu: float, *, rate: float = 20.0, lost: int = 0, p99: float = 10.0) -> Result:
+    return Result(
+        server=server, technique="websocket", subscribers=1000, rate=rate, duration=10.0,
+        payload=100, sent=200, deliveries=200_000, cpu_us_per_delivery=cpu, p99_ms=p99,
+        lost=lost,
+    )
+
+
+def test_the_table_gives_cpu_as_a_ratio_to_the_floor_at_the_same_load() -> None:
+    table = markdown([
+        run("chatroom", 9.0), run("floor", 6.0), run("chatroom", 8.0, rate=40),
+        run("floor", 4.0, rate=40),
+    ])
+    lines = table.splitlines()
+    assert "CPU vs floor" in lines[0]
+    assert "| 1.50x |" in lines[2]
+    assert "| 1.00x |" in lines[3]
+    # matched by load, not the first floor row
+    assert "| 2.00x |" in lines[4]
+
+
+def test_without_a_floor_there_is_no_ratio_column() -> None:
+    assert "CPU vs floor" not in markdown([run("chatroom", 9.0)])
+
+
+def test_the_median_run_is_reported_and_every_loss_counts() -> None:
+    runs = [run("chatroom", 9.0), run("chatroom", 7.0, lost=3), run("chatroom", 8.0, p99=12)]
+    chosen = median_run(runs)
+    assert chosen.cpu_us_per_delivery == 8.0
+    assert chosen.p99_ms == 12
+    # a loss in any run is a loss of the report
+    assert chosen.lost == 3
+    assert chosen.extra["cpu_us_per_delivery_runs"] == [9.0, 7.0, 8.0]
+
+
+def test_a_burst_counts_its_messages_not_rate_times_duration() -> None:
+    assert Load(rate=20, duration=10).messages == 200
+    assert Load(rate=20, duration=10, burst=300).messages == 300
