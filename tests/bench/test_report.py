@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from pathlib import Path
+
+import orjson
+
 from chatroom.bench.run import Load, Result, markdown, median_run
 
 
@@ -43,3 +48,15 @@ def test_the_median_run_is_reported_and_every_loss_counts() -> None:
 def test_a_burst_counts_its_messages_not_rate_times_duration() -> None:
     assert Load(rate=20, duration=10).messages == 200
     assert Load(rate=20, duration=10, burst=300).messages == 300
+
+
+def test_plot_draws_runs_from_json_lines_files(tmp_path: Path) -> None:
+    from chatroom.bench.plot import load_results, main
+
+    lines = tmp_path / "runs.jsonl"
+    runs = [run("chatroom", 9.0), run("floor", 6.0), run("chatroom", 8.0, rate=40)]
+    lines.write_bytes(b"".join(orjson.dumps(asdict(r)) + b"\n" for r in runs))
+    assert load_results([str(lines)]) == runs
+    out = tmp_path / "plot.png"
+    assert main([str(out), str(lines), "--p99-limit", "100"]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG")

@@ -20,7 +20,7 @@ from chatroom.bench.run import Result
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-__all__ = ["plot"]
+__all__ = ["load_results", "main", "plot"]
 
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">"]
 
@@ -78,7 +78,9 @@ def plot(results: list[Result], path: str, *, p99_limit_ms: float | None = None)
     }
 
     # with a caption, a strip at the bottom is kept for it
-    rect = (0.0, 0.04, 1.0, 0.96) if results[0].command else (0.0, 0.0, 1.0, 1.0)
+    commands = list(dict.fromkeys(r.command for r in results if r.command))
+    strip = 0.035 * len(commands)
+    rect = (0.0, strip, 1.0, 1.0 - strip)
     fig = figure.Figure(figsize=(13, 5.5), layout=layout_engine.ConstrainedLayoutEngine(rect=rect))
     backend_agg.FigureCanvasAgg(fig)
     latency_ax: Axes
@@ -166,18 +168,51 @@ def plot(results: list[Result], path: str, *, p99_limit_ms: float | None = None)
         if any_lossy:
             handles.append(lines.Line2D([], [], color="red", linestyle="none", marker="x",
                                   markeredgewidth=2, label="lost / dup / reordered"))
-        latency_ax.legend(handles=handles, fontsize="small")
+        latency_ax.legend(handles=handles, fontsize="x-small", ncol=2)
     else:
         latency_ax.text(0.5, 0.5, "no latency samples", ha="center",
                         transform=latency_ax.transAxes)
     if cpu_xs:
         cpu_ax.set_xscale("log")
         plain_axis(cpu_ax.xaxis, cpu_xs)
-        cpu_ax.set_ylim(bottom=0)
-        cpu_ax.legend(fontsize="small")
+        # log too: a peer ten times dearer must not flatten the rest
+        cpu_ax.set_yscale("log")
+        cpu_ax.yaxis.set_major_formatter(ticker.FuncFormatter(_plain))
+        cpu_ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_plain_two_five))
+        cpu_ax.legend(fontsize="x-small", ncol=2)
     else:
         cpu_ax.text(0.5, 0.5, "no CPU figures", ha="center", transform=cpu_ax.transAxes)
-    if first.command:
-        fig.text(0.01, 0.01, f"measured with: {first.command}", fontsize="small",
+    if commands:
+        fig.text(0.01, 0.01, "measured with: " + "\n".join(commands), fontsize="x-small",
                  color="dimgrey", ha="left", va="bottom")
     fig.savefig(path, format="png", dpi=110)
+
+
+def load_results(paths: Sequence[str]) -> list[Result]:
+    """The Results in `chatroom bench --json` files (one JSON object a line)."""
+    import orjson
+
+    results: list[Result] = []
+    for path in paths:
+        with open(path, "rb") as f:
+            results.extend(Result(**orjson.loads(line)) for line in f if line.strip())
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m chatroom.bench.plot OUT.png RUNS.jsonl [RUNS.jsonl ...]: one plot of
+    several `chatroom bench --json` files (e.g. sweeps at 1,000 and 5,000 subscribers)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m chatroom.bench.plot")
+    parser.add_argument("out")
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--p99-limit", type=float, default=None)
+    args = parser.parse_args(argv)
+    plot(load_results(args.runs), args.out, p99_limit_ms=args.p99_limit)
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
