@@ -391,17 +391,34 @@ def markdown(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+_MEDIANS = (
+    "deliveries_per_s", "p50_ms", "p99_ms", "p999_ms", "max_ms", "cpu_us_per_delivery",
+    "rss_kb_per_connection",
+)
+_LOSSES = ("lost", "duplicated", "out_of_order", "connect_failures")
+
+
 def median_run(runs: list[Result]) -> Result:
-    """The run with the median CPU per delivery; losses of every run are summed into it."""
-    ordered = sorted(runs, key=lambda r: r.cpu_us_per_delivery or 0.0)
-    chosen = ordered[(len(ordered) - 1) // 2]
-    if len(runs) > 1:
-        chosen.extra["runs"] = len(runs)
-        chosen.extra["cpu_us_per_delivery_runs"] = [r.cpu_us_per_delivery for r in runs]
-        chosen.extra["p99_ms_runs"] = [r.p99_ms for r in runs]
-        for key in ("lost", "duplicated", "out_of_order", "connect_failures"):
-            setattr(chosen, key, sum(getattr(r, key) for r in runs))
-    return chosen
+    """Several runs of one server as one row: each figure the median of its runs (the
+    middle one of three), every loss of every run summed; each run's figures in extra."""
+    if len(runs) == 1:
+        return runs[0]
+    row = dataclasses.replace(runs[0], extra=dict(runs[0].extra))
+    row.extra["runs"] = len(runs)
+    for key in _MEDIANS:
+        values = [getattr(r, key) for r in runs]
+        row.extra[f"{key}_runs"] = values
+        known = sorted(v for v in values if v is not None)
+        setattr(row, key, known[(len(known) - 1) // 2] if known else None)
+    sys_values = sorted(
+        r.extra["cpu_sys_us_per_delivery"] for r in runs
+        if r.extra.get("cpu_sys_us_per_delivery") is not None
+    )
+    if sys_values:
+        row.extra["cpu_sys_us_per_delivery"] = sys_values[(len(sys_values) - 1) // 2]
+    for key in _LOSSES:
+        setattr(row, key, sum(getattr(r, key) for r in runs))
+    return row
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -423,7 +440,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "comma-separated list of floor, aiohttp-naive, websockets, "
                         "socketio, node-ws")
     parser.add_argument("--runs", type=int, default=1,
-                        help="runs per server; the one with the median CPU is reported")
+                        help="runs per server, interleaved; each figure is their median")
     parser.add_argument("--sweep", action="store_true",
                         help="stress to the knee: rising publish rates for each server "
                         "(--rate ignored) until p99 passes --p99-limit or anything is lost")
