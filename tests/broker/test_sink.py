@@ -198,3 +198,24 @@ async def test_a_burst_said_at_once_reaches_a_caught_up_socket_in_few_writes(
         assert socket.sink_writes <= 2
     sub.close()
     await consumer
+
+
+async def test_a_sink_whose_write_fails_ends_only_that_subscription(backends: Backends) -> None:
+    class Broken(Socket):
+        def write(self, data: bytes) -> None:
+            raise RuntimeError("the handle is closed")
+
+    broker = await backends.broker()
+    broken, healthy = Broken(), Socket()
+    sub, consumer = await parked(broker, broken)
+    other = broker.subscribe(ROOM, sub.cursor)
+    other.set_sink(healthy, "sse")
+    other_consumer = asyncio.create_task(consume(other, healthy))
+    await asyncio.sleep(0.05)
+    said = await broker.say(ROOM, "alice", "s1", "still delivered")
+    with pytest.raises(ConnectionResetError, match="write failed"):
+        await asyncio.wait_for(consumer, 3)
+    await eventually(lambda: healthy.ids == [said.event.id])
+    assert broker.stats.cut_off == 0
+    other.close()
+    await other_consumer

@@ -450,7 +450,12 @@ class Broker:
                         )
                         self.stats.cut_off += 1
                     else:
-                        sink.write(framings[sub._framing])
+                        try:
+                            sink.write(framings[sub._framing])
+                        except Exception as exc:
+                            # a transport that fails its write has lost its client
+                            sub._fail(ConnectionResetError(f"write failed: {exc}"), "gone")
+                            continue
                         sub._cursor = last
                     continue
             # Anything else takes the queue, which knows gaps, overlaps and new epochs.
