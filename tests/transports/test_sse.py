@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -9,10 +10,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from chatroom.web.security import COOKIE
 from tests.support import (
     Server,
     SSEEvent,
     SSEStream,
+    cookie_of,
     history,
     login,
     new_client,
@@ -172,3 +175,43 @@ async def test_stream_counts_as_a_connection_and_ends_on_leave(
         assert left.id is None
         assert left.json()["type"] == "left"
         assert await stream.next() is None
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+async def test_live_events_on_the_wire_in_each_http_version_framing(
+    server: Server, client: aiohttp.ClientSession, version: str
+) -> None:
+    """Live events are written by the fan-out itself: as HTTP/1.1 chunks, or as they
+    are on an HTTP/1.0 stream (no chunking there), byte for byte."""
+    await login(client, server, "alice", demo="sse")
+    cookie = cookie_of(client, server)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(
+            f"GET /sse/room/events?room=lobby HTTP/{version}\r\nHost: 127.0.0.1\r\n"
+            f"Cookie: {COOKIE}={cookie}\r\nAccept: text/event-stream\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(f"HTTP/{version} 200".encode()), head
+        assert (b"chunked" in head.lower()) == (version == "1.1")
+        # the archive (alice's join) has come when the stream is caught up
+        got = bytearray()
+        async with asyncio.timeout(5):
+            while b'"type":"join"' not in got:
+                got += await reader.read(65536)
+        (event_id,) = await publish(server, "lobby", ["on the wire"])
+        frame = f"id: {event_id}\ndata: ".encode()
+        async with asyncio.timeout(5):
+            while frame not in got or not got.endswith(b"\n\n" if version == "1.0" else b"\r\n"):
+                got += await reader.read(65536)
+        start = got.index(frame)
+        end = got.index(b"\n\n", start) + 2
+        sse_frame = bytes(got[start:end])
+        assert b'"text":"on the wire"' in sse_frame
+        if version == "1.1":
+            # one chunk: its size line, the frame, CRLF
+            size_line = f"{len(sse_frame):x}\r\n".encode()
+            assert got[start - len(size_line) : start] == size_line
+            assert got[end : end + 2] == b"\r\n"
+    finally:
+        writer.close()
