@@ -423,7 +423,8 @@ class RedisBackend:
 
     # --- writing ---------------------------------------------------------------
 
-    async def append(self, room: str, draft: Draft) -> Stored:
+    def _append_call(self, room: str, draft: Draft) -> tuple[list[str], list[Any]]:
+        """The keys and args of the append script for one draft."""
         k = self._keys
         wire: dict[str, Any] = {"room": room, "type": draft.type, "user": draft.user}
         if draft.text is not None:
@@ -435,18 +436,34 @@ class RedisBackend:
             if draft.session and draft.client_id
             else ""
         )
+        keys = [k.meta(room), k.stream(room), said, k.rooms]
+        return keys, [room, tail, self._retention, new_epoch(), SAID_TTL]
+
+    async def append(self, room: str, draft: Draft) -> Stored:
+        keys, args = self._append_call(room, draft)
         try:
-            duplicate, data = await self._append(
-                keys=[k.meta(room), k.stream(room), said, k.rooms],
-                args=[room, tail, self._retention, new_epoch(), SAID_TTL],
-            )
+            duplicate, data = await self._append(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from exc
         return Stored(Event.decode(bytes(data)), duplicate=bool(duplicate))
 
     async def append_many(self, room: str, drafts: Sequence[Draft]) -> list[Stored]:
-        # One after another: commands on pooled connections could reach Redis out of order.
-        return [await self.append(room, draft) for draft in drafts]
+        if len(drafts) < 2:
+            return [await self.append(room, draft) for draft in drafts]
+        # One pipeline on one connection: Redis runs the scripts in this order, in one
+        # round trip (separate pooled connections could reach it out of order).
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for draft in drafts:
+                    keys, args = self._append_call(room, draft)
+                    await self._append(keys=keys, args=args, client=pipe)
+                results = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        return [
+            Stored(Event.decode(bytes(data)), duplicate=bool(duplicate))
+            for duplicate, data in results
+        ]
 
     # --- reading ---------------------------------------------------------------
 
