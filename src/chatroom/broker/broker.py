@@ -1,6 +1,7 @@
 """The broker: the one public API every transport uses.
 
-- publish: say(), and join/leave events from presence transitions.
+- publish: say(), say_many() (a burst of one session, stored together), and join/leave
+  events from presence transitions.
 - subscribe(room, cursor): an async iterator of batches, history first, then live.
 - presence: connect()/disconnect() for sockets, poll() for pollers, claim(), leave().
 
