@@ -428,3 +428,29 @@ async def test_what_a_socket_said_before_it_closed_is_stored(tmp_path: Path) -> 
                     break
                 await asyncio.sleep(0.05)
         assert [e["text"] for e in stored] == [f"last words {i}" for i in range(100)]
+
+
+async def test_a_failure_storing_messages_is_answered_and_the_socket_stays(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serving(tmp_path) as server, new_client() as client:
+        await login(client, server, "alice", demo="websocket")
+        broker = server.broker
+        real = broker.say_many
+
+        async def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("a bug")
+
+        broker.say_many = broken  # type: ignore[method-assign]
+        async with open_ws(client, server) as ws:
+            await ws.send_json({"text": "lost?", "client_id": "x1"})
+            frames = await ws_until(ws, lambda fs: any(f.get("type") == "error" for f in fs))
+            error = next(f for f in frames if f.get("type") == "error")
+            assert (error["error"], error["client_id"]) == ("internal", "x1")
+            # the socket stays; once storing works again, so does saying
+            broker.say_many = real  # type: ignore[method-assign]
+            await ws.send_json({"text": "again", "client_id": "x2"})
+            await ws_until(ws, lambda fs: any(f.get("client_id") == "x2" for f in fs))
+        assert any("storing 1 messages failed" in r.getMessage() for r in caplog.records)
+        texts = [e.get("text") for e in await history(client, server) if e["type"] == "message"]
+        assert texts == ["again"]

@@ -225,6 +225,10 @@ class _Sayer:
             error, reason = "left", str(exc)
         except BackendUnavailable as exc:
             error, reason = "unavailable", str(exc)
+        except Exception:
+            # a bug, not the client's doing: answer every message, keep the socket
+            log.exception("storing %d messages failed", len(run))
+            error, reason = "internal", "the server could not store this message: retry"
         else:
             return [
                 _frame("ack", client_id=draft.client_id, id=s.event.id)
