@@ -9,7 +9,6 @@ run_chatroom() runs chatroom (same client processes, same open-loop publisher, s
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import shutil
 import signal
 import socket
@@ -20,18 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chatroom.bench.run import (
-    Load,
-    Result,
-    _collect,
-    _publish,
-    _spawn_clients,
-    cpu_seconds,
-    cpu_times,
-    free_port,
-    rss_bytes,
-    summarise,
-)
+from chatroom.bench.run import Load, Result, Target, free_port, measure
 
 __all__ = [
     "NODE_WS_DIR",
@@ -200,36 +188,14 @@ async def run_peer(load: Load, name: str, command: str = "") -> Result:
     await asyncio.to_thread(peer.setup)
     port = free_port()
     proc = await asyncio.to_thread(start_peer, peer, port)
-    clients: list[tuple[asyncio.subprocess.Process, Path]] = []
-    collected = False
     try:
-        total = load.messages
-        rss0 = rss_bytes(proc.pid)
         # subscribers speak the peer's protocol; the result still says "websocket"
-        client_load = dataclasses.replace(load, technique=peer.client_technique)
-        clients = await _spawn_clients(client_load, HOST, port, peer.path, "", "", total)
-        await asyncio.sleep(0.5)
-        rss1 = rss_bytes(proc.pid)
-        user0, sys0 = cpu_times(proc.pid)
-        sent = await _publish(load, HOST, port, peer.path, "", peer.frame_kind)
-        user1, sys1 = cpu_times(proc.pid)
-        results = await _collect(clients, sent)
-        collected = True
-        # all it used since it started: proof that /proc accounting sees the peer, even
-        # when the publishing window is under one clock tick
-        cpu_total = cpu_seconds(proc.pid)
+        target = Target(
+            pid=proc.pid, port=port, sub_path=peer.path, pub_path=peer.path,
+            sub_technique=peer.client_technique, frame_kind=peer.frame_kind, host=HOST,
+        )
+        result = await measure(load, target, name, command)
     finally:
-        if not collected:
-            for client, _ in clients:
-                if client.returncode is None:
-                    client.kill()
-                    await client.wait()
         await asyncio.to_thread(_stop, proc)
-    result = summarise(
-        name, load, sent, results, user1 + sys1 - user0 - sys0,
-        (rss1 - rss0) / max(1, load.subscribers), command, sys1 - sys0,
-    )
-    result.extra.update(
-        peer=peer.description, server_cpu_total_s=cpu_total, exit_code=proc.returncode
-    )
+    result.extra.update(peer=peer.description, exit_code=proc.returncode)
     return result

@@ -30,7 +30,7 @@ import orjson
 
 from chatroom.bench.wire import Tally, encode_text, mask_frame, open_client
 
-__all__ = ["Load", "Result", "add_arguments", "main", "run_chatroom"]
+__all__ = ["Load", "Result", "Target", "add_arguments", "main", "measure", "run_chatroom"]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -318,6 +318,66 @@ def summarise(
     )
 
 
+@dataclass
+class Target:
+    """A running server under test, and how its subscribers and publisher reach it."""
+
+    pid: int
+    port: int
+    sub_path: str
+    pub_path: str
+    # the client technique the subscribers speak ("websocket", "sse", "longpolling",
+    # "socketio"), which may differ from the load's when a peer frames WebSocket its way
+    sub_technique: str
+    # the publisher's framing (see _publish): "json", "text" or "socketio"
+    frame_kind: str
+    room: str = ""
+    sub_cookie: str = ""
+    pub_cookie: str = ""
+    host: str = "127.0.0.1"
+
+
+async def measure(load: Load, target: Target, name: str, command: str = "") -> Result:
+    """Run the load against a started server: connect the subscribers, publish, collect.
+
+    Server CPU is read over the publishing window, RSS before and after the
+    subscribers connected. Client processes left behind by a failure are killed.
+    """
+    clients: list[tuple[asyncio.subprocess.Process, Path]] = []
+    collected = False
+    try:
+        rss0 = rss_bytes(target.pid)
+        clients = await _spawn_clients(
+            dataclasses.replace(load, technique=target.sub_technique), target.host,
+            target.port, target.sub_path, target.room, target.sub_cookie, load.messages,
+        )
+        await asyncio.sleep(0.5)
+        rss1 = rss_bytes(target.pid)
+        user0, sys0 = cpu_times(target.pid)
+        sent = await _publish(
+            load, target.host, target.port, target.pub_path, target.pub_cookie,
+            target.frame_kind,
+        )
+        user1, sys1 = cpu_times(target.pid)
+        results = await _collect(clients, sent)
+        collected = True
+        # all it used since it started: proof that /proc accounting sees the server,
+        # even when the publishing window is under one clock tick
+        cpu_total = cpu_seconds(target.pid)
+    finally:
+        if not collected:
+            for client, _ in clients:
+                if client.returncode is None:
+                    client.kill()
+                    await client.wait()
+    result = summarise(
+        name, load, sent, results, user1 + sys1 - user0 - sys0,
+        (rss1 - rss0) / max(1, load.subscribers), command, sys1 - sys0,
+    )
+    result.extra["server_cpu_total_s"] = cpu_total
+    return result
+
+
 async def run_chatroom(
     load: Load, backend: str, workers: int = 1, command: str = "", name: str = "chatroom"
 ) -> Result:
@@ -327,33 +387,22 @@ async def run_chatroom(
     proc = await asyncio.to_thread(start_chatroom, backend, workers, port)
     try:
         room = f"bench-{os.getpid()}-{port}"
-        sub_cookie = await asyncio.to_thread(login_cookie, base, "bench-sub", room)
-        pub_cookie = await asyncio.to_thread(login_cookie, base, "bench-pub", room)
         paths = {
             "websocket": f"/websocket/room/socket?room={room}",
             "sse": f"/sse/room/events?room={room}",
             "longpolling": f"/longpolling/room/messages?room={room}",
         }
-        total = load.messages
-        rss0 = rss_bytes(proc.pid)
-        clients = await _spawn_clients(
-            load, "127.0.0.1", port, paths[load.technique], room, sub_cookie, total
+        target = Target(
+            pid=proc.pid, port=port, sub_path=paths[load.technique],
+            pub_path=paths["websocket"], sub_technique=load.technique, frame_kind="json",
+            room=room,
+            sub_cookie=await asyncio.to_thread(login_cookie, base, "bench-sub", room),
+            pub_cookie=await asyncio.to_thread(login_cookie, base, "bench-pub", room),
         )
-        await asyncio.sleep(0.5)
-        rss1 = rss_bytes(proc.pid)
-        user0, sys0 = cpu_times(proc.pid)
-        sent = await _publish(
-            load, "127.0.0.1", port, f"/websocket/room/socket?room={room}", pub_cookie, "json"
-        )
-        user1, sys1 = cpu_times(proc.pid)
-        results = await _collect(clients, sent)
+        return await measure(load, target, name, command)
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.to_thread(proc.wait, 15)
-    return summarise(
-        name, load, sent, results, user1 + sys1 - user0 - sys0,
-        (rss1 - rss0) / max(1, load.subscribers), command, sys1 - sys0,
-    )
 
 
 # --- output ------------------------------------------------------------------------------
