@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import jinja2
-from aiohttp import WSCloseCode, web
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from chatroom.broker import Backend, BackendUnavailable, Broker, open_backend
@@ -96,8 +98,14 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         registry = CollectorRegistry(auto_describe=True)
         registry.register(api.ChatCollector(chat))
         app[api.registry_key] = registry
+        pings = asyncio.create_task(
+            websocket.heartbeat(chat, settings.ws_heartbeat), name="chatroom-ws-heartbeat"
+        )
         log.info("chatroom ready: backend %s", store.name)
         yield
+        pings.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pings
         await broker.close()
         log.info("chatroom stopped: backend %s closed", store.name)
 
@@ -105,8 +113,12 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         chat = app[chat_key]
         # End every subscription: long polls answer [], SSE streams end.
         chat.broker.shutdown()
-        for ws in list(chat.sockets):
-            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        await asyncio.gather(
+            *(
+                ws.close(code=websocket.CLOSE_GOING_AWAY, message=b"server shutting down")
+                for ws in list(chat.sockets)
+            )
+        )
 
     app.cleanup_ctx.append(lifespan)
     app.on_shutdown.append(on_shutdown)

@@ -32,6 +32,9 @@ class Settings:
     max_body: int = 16 * 1024
     longpoll_timeout: float = 25.0
     sse_heartbeat: float = 15.0
+    # WebSockets are pinged this often; one that answered nothing since the last ping
+    # is dropped
+    ws_heartbeat: float = 20.0
     presence_ttl: float = 30.0
     # extra origins allowed to open WebSockets and POST (besides the page's own)
     allowed_origins: tuple[str, ...] = ()

@@ -37,6 +37,10 @@ async def test_two_workers_share_one_port_and_one_chat(cluster: Cluster) -> None
         await asyncio.sleep(0.1)
     assert len(workers) == 2
     assert node.pid not in workers
+    # both must listen before connections can reach both
+    while node.log().count("chatroom serving on") < 2:
+        assert loop.time() < deadline, f"workers not serving:\n{node.log()}"
+        await asyncio.sleep(0.1)
     async with new_client() as alice, new_client() as bob:
         await login(alice, node, "alice", ROOM, "websocket")
         page = await login(bob, node, "bob", ROOM)

@@ -96,8 +96,8 @@ class Subscription:
     # the fan-out touches thousands of these per event: keep them small and near
     __slots__ = (
         "_broker", "_closed", "_cursor", "_error", "_framing", "_initial", "_need_read",
-        "_parked", "_queue", "_reading", "_sink", "_started", "_waiter", "reason", "room",
-        "session",
+        "_parked", "_queue", "_reading", "_ready", "_sink", "_started", "_waiter", "reason",
+        "room", "session",
     )
 
     def __init__(
@@ -121,8 +121,9 @@ class Subscription:
         self._error: Exception | None = None
         self._sink: Sink | None = None
         self._framing = 0
-        # the consumer waits on _waiter and nothing has woken it yet: it is caught up
+        # the consumer took everything and nothing has woken it yet: it is caught up
         self._parked = False
+        self._ready: Callable[[], None] | None = None
 
     @property
     def cursor(self) -> Position | None:
@@ -158,6 +159,32 @@ class Subscription:
 
     async def __anext__(self) -> list[Delivery]:
         while True:
+            batch = await self.poll()
+            if batch is not None:
+                return batch
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+                self._parked = False
+
+    def on_ready(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` when a subscriber that `poll()` found caught up has more to take.
+
+        For a transport that drives the subscription from callbacks rather than from
+        a task that iterates it: it polls until `poll()` answers None, and polls again
+        when called back. It is called back, too, when the subscription ends.
+        """
+        self._ready = callback
+
+    async def poll(self) -> list[Delivery] | None:
+        """The next batch; None when caught up (parked). StopAsyncIteration once ended.
+
+        Raises the error that ended the subscription (SlowConsumer, ConnectionError),
+        or what the backend raised reading history (then it may be polled again).
+        """
+        while True:
             if self._error is not None:
                 raise self._error
             if self._closed:
@@ -190,13 +217,8 @@ class Subscription:
                 if live:
                     return live
                 continue
-            self._waiter = asyncio.get_running_loop().create_future()
             self._parked = True
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-                self._parked = False
+            return None
 
     async def _read(self) -> list[Delivery]:
         backend = self._broker.backend
@@ -271,6 +293,9 @@ class Subscription:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        ready = self._ready
+        if ready is not None:
+            ready()
 
     def _fail(self, error: Exception, reason: str = "slow") -> None:
         self._error = error

@@ -3,6 +3,13 @@
 Each text frame the client sends is one message: {"text": ..., "client_id": ...} or a
 bare JSON string. Bad frames get an error frame and the connection stays; binary
 frames close with 1003, invalid UTF-8 with 1007, oversized messages with 1009.
+
+aiohttp routes and checks the upgrade request; once the 101 is written, the socket is
+taken off aiohttp and served by `_Socket`, a protocol of our own (the frames are
+`chatroom.core.websocket`). An idle socket is then a transport, a parser, a
+subscription and this object: no task, no timer, no suspended handler. Tasks exist
+only while there is work: the pump while history or a backlog is being written, the
+sayer while messages are being stored. One heartbeat for all sockets pings them.
 """
 
 from __future__ import annotations
@@ -14,63 +21,65 @@ from collections import deque
 from typing import Any
 
 import orjson
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import web
 
 from chatroom.broker import BackendUnavailable, Draft, SlowConsumer, Subscription
-from chatroom.core.events import read_cursor
+from chatroom.core.events import Event, Position, read_cursor, ws_frame
 from chatroom.core.presence import LeftRoom, NicknameTaken
 from chatroom.core.validation import InvalidInput
+from chatroom.core.websocket import (
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameParser,
+    ProtocolError,
+    accept_key,
+    close_frame,
+    control_frame,
+    parse_close,
+)
 from chatroom.web.pages import new_conn_id
 from chatroom.web.security import Session, same_origin
 from chatroom.web.state import Chat, chat_key, json_error, room_of
 
-__all__ = ["CLOSE_LEFT", "CLOSE_NICKNAME_TAKEN", "CLOSE_TOO_SLOW", "routes"]
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_LEFT",
+    "CLOSE_NICKNAME_TAKEN",
+    "CLOSE_TOO_SLOW",
+    "CLOSE_TRY_AGAIN_LATER",
+    "heartbeat",
+    "routes",
+]
 
 log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
 
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
 # Application close codes (4000-4999 are ours to define).
 CLOSE_LEFT = 4000
 CLOSE_TOO_SLOW = 4008
 CLOSE_NICKNAME_TAKEN = 4009
 
-
-# aiohttp closes on a bad incoming frame itself, with a bare code: give each a reason.
-_REASONS: dict[int, bytes] = {
-    WSCloseCode.INVALID_TEXT: b"text frames must be valid UTF-8",
-    WSCloseCode.PROTOCOL_ERROR: b"WebSocket protocol error",
-}
-
-
-class _Socket(web.WebSocketResponse):
-    """A WebSocketResponse whose close frames always carry a readable reason."""
-
-    # the largest message accepted, named in the 1009 reason
-    max_bytes = 0
-    # the subscription whose fan-out writes to this socket directly
-    sub: Subscription | None = None
-
-    async def close(
-        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
-    ) -> bool:
-        if self.sub is not None:
-            # no event frame may follow the close frame
-            self.sub.set_sink(None)
-        if not message and code == WSCloseCode.MESSAGE_TOO_BIG:
-            message = f"message too big: at most {self.max_bytes} bytes".encode()
-        return await super().close(
-            code=code, message=message or _REASONS.get(code, b""), drain=drain
-        )
-
-
-def _reason(exc: Exception) -> bytes:
-    """A close reason: at most 123 bytes of UTF-8."""
-    return str(exc).encode()[:120]
+# How long a close frame waits for the client's before the connection is dropped.
+CLOSE_TIMEOUT = 10.0
+# Messages one socket may have waiting to be stored (past this, the socket stops being
+# read and its frames wait in TCP), and how many are stored together at most.
+_MAX_WAITING = 256
+_RUN = 64
 
 
 def _frame(kind: str, **fields: Any) -> str:
     return orjson.dumps({"type": kind, **fields}).decode()
+
+
+def _has_token(value: str, token: str) -> bool:
+    return any(part.strip().lower() == token for part in value.split(","))
 
 
 @routes.get("/websocket/room/socket")
@@ -82,143 +91,305 @@ async def socket(request: web.Request) -> web.StreamResponse:
     session = chat.require_session(request)
     cursor = read_cursor(request.query.get("lastReceived"))
 
-    ws = _Socket(
-        heartbeat=20.0,
-        max_msg_size=chat.settings.max_body,
-        # no per-socket deflate: every subscriber shares one encoded frame
-        compress=False,
+    headers = request.headers
+    if not _has_token(headers.get("Upgrade", ""), "websocket") or not _has_token(
+        headers.get("Connection", ""), "upgrade"
+    ):
+        return json_error(400, "not_websocket", "this URL takes a WebSocket upgrade")
+    if request.version < (1, 1):
+        return json_error(400, "not_websocket", "a WebSocket upgrade needs HTTP/1.1")
+    if headers.get("Sec-WebSocket-Version", "").strip() != "13":
+        response = json_error(426, "websocket_version", "only WebSocket version 13 is spoken")
+        response.headers["Sec-WebSocket-Version"] = "13"
+        return response
+    accept = accept_key(headers.get("Sec-WebSocket-Key", ""))
+    if accept is None:
+        return json_error(400, "not_websocket", "missing or malformed Sec-WebSocket-Key")
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("the client went before its upgrade was answered")
+
+    transport.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept.encode()
     )
-    ws.max_bytes = chat.settings.max_body
-    await ws.prepare(request)
-    conn = new_conn_id()
-    try:
-        await chat.broker.connect(room, session.user, session.sid, conn)
-    except NicknameTaken as exc:
-        await ws.close(code=CLOSE_NICKNAME_TAKEN, message=_reason(exc))
-        return ws
-    except LeftRoom as exc:
-        await ws.close(code=CLOSE_LEFT, message=_reason(exc))
-        return ws
-    except BackendUnavailable as exc:
-        chat.problems.warning("backend", "websocket refused, backend unavailable: %s", exc)
-        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"backend unavailable: retry")
-        return ws
-    chat.sockets.add(ws)
-    chat.connections["websocket"] += 1
-    try:
-        async with chat.broker.subscribe(room, cursor, session=session.sid) as sub:
-            transport = request.transport
-            if transport is not None and not ws.closed:
-                ws.sub = sub
-                sub.set_sink(transport, "ws")
-            sender = asyncio.create_task(_send(ws, sub, chat))
-            try:
-                await _receive(ws, chat, room, session)
-            finally:
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sender
-    finally:
-        chat.connections["websocket"] -= 1
-        chat.sockets.discard(ws)
-        await chat.broker.disconnect(conn)
-        if not ws.closed:
-            await ws.close()
-    return ws
+    sock = _Socket(chat, room, session, transport)
+    # Take the connection off aiohttp: from now on its bytes come to `sock`. aiohttp
+    # keeps any bytes a client sent behind its request (none, if it waited for the 101
+    # as RFC 6455 says it must); they are the socket's first.
+    protocol = request.protocol
+    tail: bytes = getattr(protocol, "_message_tail", b"")
+    transport.pause_reading()
+    transport.set_protocol(sock)
+    # aiohttp must neither write to nor close the socket now; telling it the connection
+    # is lost makes it forget the connection and this handler.
+    protocol.transport = None
+    protocol.connection_lost(None)
+    chat.sockets.add(sock)
+    sock.start(cursor, tail)
+    # aiohttp cannot send this (it no longer has a transport); it logs the 101
+    return web.Response(status=101)
 
 
-async def _send(ws: web.WebSocketResponse, sub: Subscription, chat: Chat) -> None:
-    try:
-        async for batch in sub:
-            for item in batch:
-                await ws.send_frame(item.data, WSMsgType.TEXT)
-    except SlowConsumer as exc:
-        await ws.close(code=CLOSE_TOO_SLOW, message=b"too slow: resume from your last id")
-        log.info("websocket cut off: %s", exc)
-        return
-    except ConnectionError:
-        # reset, or lost while a write waited for the client to read: it is gone
-        return
-    except BackendUnavailable as exc:
-        # Could not read history: the client retries later from its cursor.
-        chat.problems.warning("backend", "websocket history read failed: %s", exc)
-        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"backend unavailable: retry")
-        return
-    # The subscription ended: the server is shutting down, or the user left.
-    if chat.broker.closing:
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
-    else:
-        await ws.close(code=CLOSE_LEFT, message=b"you left the room")
+class _Socket(asyncio.Protocol):
+    """One WebSocket after its upgrade: reads frames, writes events, closes cleanly."""
 
+    __slots__ = (
+        "_close_sent",
+        "_close_timer",
+        "_drained",
+        "_ended",
+        "_failed",
+        "_heard",
+        "_lost",
+        "_opened",
+        "_opening",
+        "_parser",
+        "_pump",
+        "_said",
+        "_saying",
+        "chat",
+        "conn",
+        "room",
+        "session",
+        "sub",
+        "transport",
+    )
 
-# Messages one socket may have waiting to be stored (past this, its frames wait in TCP),
-# and how many are stored together at most.
-_MAX_WAITING = 256
-_RUN = 64
+    def __init__(
+        self, chat: Chat, room: str, session: Session, transport: asyncio.Transport
+    ) -> None:
+        self.chat = chat
+        self.room = room
+        self.session = session
+        self.transport = transport
+        self.conn = new_conn_id()
+        self.sub: Subscription | None = None
+        self._parser = FrameParser(chat.settings.max_body)
+        # _open() is letting it in (presence, subscription); it is read from then on,
+        # and _opened says whether it was let in
+        self._opening = True
+        self._opened = False
+        # a close frame went out: nothing may follow it
+        self._close_sent = False
+        # the client broke the protocol: what it sends now is not read
+        self._failed = False
+        self._lost = False
+        # something came from the client since the last heartbeat
+        self._heard = True
+        self._close_timer: asyncio.TimerHandle | None = None
+        # waits while the kernel's buffer is full (the transport paused our writing)
+        self._drained: asyncio.Future[None] | None = None
+        # writes history and backlogs; exists only while there is some
+        self._pump: asyncio.Task[None] | None = None
+        # what the client said, waiting to be stored (or an error frame to answer in
+        # its turn), and the task storing it; both only while there is some
+        self._said: deque[Draft | str] | None = None
+        self._saying: asyncio.Task[None] | None = None
+        # done when the socket has closed and everything it said is stored
+        self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+    # --- opening ----------------------------------------------------------------------
 
-class _Sayer:
-    """Stores what one socket says, in order, and answers each message in order.
+    def start(self, cursor: Position | None, tail: bytes) -> None:
+        asyncio.get_running_loop().create_task(self._open(cursor, tail), name="chatroom-ws-open")
 
-    While one run of messages is being committed, the next gathers: a burst from one
-    client becomes a few commits, and each subscriber gets it in a few writes.
-    """
+    async def _open(self, cursor: Position | None, tail: bytes) -> None:
+        chat, session = self.chat, self.session
+        try:
+            await chat.broker.connect(self.room, session.user, session.sid, self.conn)
+        except NicknameTaken as exc:
+            self._refuse(CLOSE_NICKNAME_TAKEN, str(exc))
+            return
+        except LeftRoom as exc:
+            self._refuse(CLOSE_LEFT, str(exc))
+            return
+        except BackendUnavailable as exc:
+            chat.problems.warning("backend", "websocket refused, backend unavailable: %s", exc)
+            self._refuse(CLOSE_TRY_AGAIN_LATER, "backend unavailable: retry")
+            return
+        except BaseException:
+            self._refuse(CLOSE_INTERNAL_ERROR, "the server could not open this socket")
+            raise
+        self._opening = False
+        self._opened = True
+        chat.connections["websocket"] += 1
+        if self._lost:
+            # gone while it was being let in
+            self._end()
+            return
+        sub = self.sub = chat.broker.subscribe(self.room, cursor, session=session.sid)
+        sub.set_sink(self.transport, "ws")
+        sub.on_ready(self._ready)
+        self._ready()
+        if tail:
+            self.data_received(tail)
+        if not self._lost:
+            self.transport.resume_reading()
 
-    def __init__(self, ws: web.WebSocketResponse, chat: Chat, room: str, session: Session):
-        self._ws = ws
-        self._chat = chat
-        self._room = room
-        self._session = session
-        # a Draft to store, or a reply (an error frame) to send in its turn
-        self._items: deque[Draft | str] = deque()
-        self._more = asyncio.Event()
-        self._room_for_more = asyncio.Event()
-        self._closing = False
-        self._task = asyncio.create_task(self._run(), name="chatroom-ws-say")
+    def _refuse(self, code: int, reason: str) -> None:
+        self._opening = False
+        if self._lost:
+            self._end()
+        else:
+            self._close(code, reason)
 
-    async def put(self, item: Draft | str) -> None:
-        while len(self._items) >= _MAX_WAITING:
-            self._room_for_more.clear()
-            await self._room_for_more.wait()
-        self._items.append(item)
-        self._more.set()
+    # --- writing events ---------------------------------------------------------------
 
-    async def close(self, within: float = 10.0) -> None:
-        """Store (and answer, while the socket is open) what was said, then stop."""
-        self._closing = True
-        self._more.set()
-        _, pending = await asyncio.wait({self._task}, timeout=within)
-        for task in pending:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def _ready(self) -> None:
+        """The subscription has something for the pump (or has ended)."""
+        if self._pump is None and not self._lost:
+            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
 
-    async def _run(self) -> None:
-        items = self._items
-        while True:
-            if not items:
-                if self._closing:
+    async def _run_pump(self) -> None:
+        sub = self.sub
+        assert sub is not None
+        try:
+            while True:
+                batch = await sub.poll()
+                if batch is None or self._close_sent or self._lost:
+                    # caught up: the fan-out writes live events itself until _ready()
                     return
-                self._more.clear()
-                await self._more.wait()
-                continue
-            head = items[0]
-            if isinstance(head, str):
-                items.popleft()
-                await self._send(head)
+                self.transport.write(
+                    b"".join([e.ws if isinstance(e, Event) else ws_frame(e.data) for e in batch])
+                )
+                if self._drained is not None:
+                    await self._drained
+        except StopAsyncIteration:
+            # The subscription ended: the server is shutting down, or the user left.
+            if self.chat.broker.closing:
+                self._close(CLOSE_GOING_AWAY, "server shutting down")
             else:
-                run: list[Draft] = []
-                while items and len(run) < _RUN and isinstance(items[0], Draft):
-                    run.append(items.popleft())  # type: ignore[arg-type]
-                self._room_for_more.set()
-                for reply in await self._store(run):
-                    await self._send(reply)
-            self._room_for_more.set()
+                self._close(CLOSE_LEFT, "you left the room")
+        except SlowConsumer as exc:
+            log.info("websocket cut off: %s", exc)
+            self._close(CLOSE_TOO_SLOW, "too slow: resume from your last id")
+        except ConnectionError:
+            # the client has gone
+            self.transport.abort()
+        except BackendUnavailable as exc:
+            # Could not read history: the client retries later from its cursor.
+            self.chat.problems.warning("backend", "websocket history read failed: %s", exc)
+            self._close(CLOSE_TRY_AGAIN_LATER, "backend unavailable: retry")
+        except Exception:
+            log.exception("websocket pump failed")
+            self._close(CLOSE_INTERNAL_ERROR, "server error: resume from your last id")
+        finally:
+            self._pump = None
+
+    def pause_writing(self) -> None:
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    # --- reading ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._failed:
+            return
+        self._heard = True
+        try:
+            frames = self._parser.feed(data)
+        except ProtocolError as exc:
+            # what came before the violation counts, as if it had come in its own read
+            self._handle(exc.frames)
+            self._failed = True
+            self._close(exc.code, exc.reason)
+            # half-close: the client reads the close frame, answers, and closes
+            if not self.transport.is_closing() and self.transport.can_write_eof():
+                self.transport.write_eof()
+            return
+        self._handle(frames)
+
+    def _handle(self, frames: list[tuple[int, str | bytes]]) -> None:
+        for opcode, payload in frames:
+            if opcode == OP_TEXT:
+                if not self._close_sent:
+                    assert isinstance(payload, str)
+                    self._say(_parse(self.chat, self.session, payload))
+            elif opcode == OP_PING:
+                if not self._close_sent:
+                    assert isinstance(payload, bytes)
+                    self.transport.write(control_frame(OP_PONG, payload))
+            elif opcode == OP_CLOSE:
+                assert isinstance(payload, bytes)
+                self._closed_by_client(payload)
+                return
+            # a pong only shows the client is there
+
+    def _closed_by_client(self, payload: bytes) -> None:
+        self._failed = True
+        if not self._close_sent:
+            try:
+                code, _ = parse_close(payload)
+            except ProtocolError as exc:
+                self._close(exc.code, exc.reason)
+            else:
+                # answer with its code, as RFC 6455 suggests; an empty close gets 1000
+                self._close(CLOSE_NORMAL if code is None else code, "")
+        # the close handshake is done: the server closes the TCP connection first
+        self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        # the client half-closed: close our side too
+        return None
+
+    # --- saying -----------------------------------------------------------------------
+
+    def _say(self, item: Draft | str) -> None:
+        said = self._said
+        if said is None:
+            said = self._said = deque()
+        said.append(item)
+        if len(said) >= _MAX_WAITING:
+            # past this, the client's frames wait in TCP until these are stored
+            self.transport.pause_reading()
+        if self._saying is None:
+            self._saying = asyncio.get_running_loop().create_task(
+                self._store_said(), name="chatroom-ws-say"
+            )
+
+    async def _store_said(self) -> None:
+        """Store what was said, in order; answer each message in order.
+
+        While one run of messages is being committed, the next gathers: a burst from one
+        client becomes a few commits, and each subscriber gets it in a few writes.
+        """
+        said = self._said
+        assert said is not None
+        try:
+            while said:
+                head = said[0]
+                if isinstance(head, str):
+                    said.popleft()
+                    self._reply(head)
+                else:
+                    run: list[Draft] = []
+                    while said and len(run) < _RUN and isinstance(said[0], Draft):
+                        run.append(said.popleft())  # type: ignore[arg-type]
+                    self._resume_reading()
+                    for reply in await self._store(run):
+                        self._reply(reply)
+                self._resume_reading()
+        finally:
+            self._saying = None
+            self._said = None
+            if self._lost:
+                self._end()
+
+    def _resume_reading(self) -> None:
+        said = self._said
+        if said is not None and len(said) < _MAX_WAITING and not self._lost and self._opened:
+            self.transport.resume_reading()
 
     async def _store(self, run: list[Draft]) -> list[str]:
-        chat, session = self._chat, self._session
+        chat, session = self.chat, self.session
         try:
-            stored = await chat.broker.say_many(self._room, session.user, session.sid, run)
+            stored = await chat.broker.say_many(self.room, session.user, session.sid, run)
         except NicknameTaken as exc:
             error, reason = "nickname_taken", str(exc)
         except LeftRoom as exc:
@@ -236,38 +407,92 @@ class _Sayer:
                 if draft.client_id is not None
             ]
         return [
-            _frame("error", error=error, reason=reason, client_id=draft.client_id)
-            for draft in run
+            _frame("error", error=error, reason=reason, client_id=draft.client_id) for draft in run
         ]
 
-    async def _send(self, reply: str) -> None:
-        if self._ws.closed:
+    def _reply(self, reply: str) -> None:
+        if not self._close_sent and not self._lost:
+            self.transport.write(ws_frame(reply.encode()))
+
+    # --- closing ----------------------------------------------------------------------
+
+    def _close(self, code: int, reason: str) -> None:
+        """Send a close frame (once); the client answers with its own and we hang up."""
+        if self._close_sent or self._lost:
             return
-        with contextlib.suppress(ConnectionError):
-            await self._ws.send_str(reply)
+        self._close_sent = True
+        if self.sub is not None:
+            # no event frame may follow the close frame
+            self.sub.set_sink(None)
+        self.transport.write(close_frame(code, reason))
+        self._close_timer = asyncio.get_running_loop().call_later(
+            CLOSE_TIMEOUT, self.transport.abort
+        )
+
+    async def close(self, code: int = CLOSE_NORMAL, message: bytes = b"") -> None:
+        """Close with `code` and wait (a bounded time) until the socket is done."""
+        self._close(code, message.decode(errors="replace"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._ended), CLOSE_TIMEOUT * 2)
+
+    def tick(self) -> None:
+        """The heartbeat: ping; drop a socket that said nothing since the last ping."""
+        if self._lost or self._close_sent:
+            return
+        if not self._heard:
+            log.info("websocket dropped: no answer to a ping")
+            self.transport.abort()
+            return
+        self._heard = False
+        self.transport.write(control_frame(OP_PING))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        self.resume_writing()
+        sub = self.sub
+        if sub is not None:
+            sub.set_sink(None)
+            sub.on_ready(None)
+            sub.close()
+        if self._saying is None:
+            self._end()
+        # else: what it said is still being stored; _store_said() ends it after
+
+    def _end(self) -> None:
+        """Gone and everything it said stored: its presence ends (after its messages)."""
+        if self._opening or self._ended.done():
+            # _open() ends it once it knows whether it was let in
+            return
+        if not self._opened:
+            self._finished()
+            return
+        asyncio.get_running_loop().create_task(self._leave(), name="chatroom-ws-leave")
+
+    async def _leave(self) -> None:
+        try:
+            await self.chat.broker.disconnect(self.conn)
+        except Exception as exc:
+            self.chat.problems.warning("backend", "websocket presence not released: %s", exc)
+        finally:
+            self.chat.connections["websocket"] -= 1
+            self._finished()
+
+    def _finished(self) -> None:
+        self.chat.sockets.discard(self)
+        if not self._ended.done():
+            self._ended.set_result(None)
 
 
-async def _receive(ws: web.WebSocketResponse, chat: Chat, room: str, session: Session) -> None:
-    # made on the first message: a socket that only listens holds none
-    sayer: _Sayer | None = None
-    try:
-        async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                if sayer is None:
-                    sayer = _Sayer(ws, chat, room, session)
-                await sayer.put(_parse(chat, session, msg.data))
-            elif msg.type == WSMsgType.BINARY:
-                await ws.close(
-                    code=WSCloseCode.UNSUPPORTED_DATA, message=b"binary frames are not accepted"
-                )
-                return
-            elif msg.type == WSMsgType.ERROR:
-                # aiohttp has closed the socket already with the code that fits
-                # (1007 invalid UTF-8, 1009 too big, 1002 protocol error).
-                return
-    finally:
-        if sayer is not None:
-            await sayer.close()
+async def heartbeat(chat: Chat, every: float) -> None:
+    """Ping every open WebSocket each `every` seconds; drop those that stopped answering."""
+    while True:
+        await asyncio.sleep(every)
+        for sock in list(chat.sockets):
+            if isinstance(sock, _Socket):
+                sock.tick()
 
 
 def _parse(chat: Chat, session: Session, raw: str) -> Draft | str:
@@ -287,9 +512,7 @@ def _parse(chat: Chat, session: Session, raw: str) -> Draft | str:
         text = payload.get("text")
         client_id = payload.get("client_id")
     else:
-        return _frame(
-            "error", error="bad_frame", reason='send {"text": "...", "client_id": "..."}'
-        )
+        return _frame("error", error="bad_frame", reason='send {"text": "...", "client_id": "..."}')
     cid = client_id if isinstance(client_id, str) else None
     wait = chat.limiter.check(session.sid)
     if wait > 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import jinja2
 import orjson
@@ -21,6 +22,7 @@ __all__ = [
     "TECHNIQUES",
     "Chat",
     "NoSession",
+    "OpenSocket",
     "chat_key",
     "json_error",
     "require_post_allowed",
@@ -36,6 +38,12 @@ TECHNIQUES: dict[str, str] = {
 }
 
 
+class OpenSocket(Protocol):
+    """An open WebSocket, as the app sees it: something to close."""
+
+    async def close(self, code: int = 1000, message: bytes = b"") -> None: ...
+
+
 @dataclass(slots=True)
 class Chat:
     settings: Settings
@@ -44,7 +52,7 @@ class Chat:
     limiter: RateLimiter
     templates: jinja2.Environment
     # open WebSockets, closed with 1001 on shutdown
-    sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    sockets: set[OpenSocket] = field(default_factory=set)
     # open connections (WebSocket, SSE) and parked long polls, by technique
     connections: Counter[str] = field(default_factory=Counter)
     # recurring failures (a backend outage) logged once, not once per request

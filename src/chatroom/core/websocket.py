@@ -1,0 +1,214 @@
+"""The WebSocket protocol (RFC 6455), server side: handshake key, frames in, frames out.
+
+Pure: bytes in, frames or a ProtocolError out. The transport that owns the socket
+decides what to do with them. No extensions are negotiated, so every RSV bit is an
+error; client frames must be masked; a message (all its fragments) may be at most
+`max_message` bytes, checked from each frame's header before its payload is kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+
+__all__ = [
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONTINUATION",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "FrameParser",
+    "ProtocolError",
+    "accept_key",
+    "close_frame",
+    "control_frame",
+    "parse_close",
+]
+
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+# Close codes (RFC 6455 section 7.4.1).
+PROTOCOL_ERROR = 1002
+UNSUPPORTED_DATA = 1003
+INVALID_TEXT = 1007
+MESSAGE_TOO_BIG = 1009
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol: close with `code`, giving `reason`."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        # what the same feed() decoded before the violation, in order: the client sent
+        # it, so it is handled before the connection is failed
+        self.frames: list[tuple[int, str | bytes]] = []
+
+
+def accept_key(key: str) -> str | None:
+    """Sec-WebSocket-Accept for a client's Sec-WebSocket-Key; None if the key is not
+    the base64 of 16 bytes."""
+    try:
+        raw = base64.b64decode(key.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) != 16:
+        return None
+    return base64.b64encode(hashlib.sha1(key.strip().encode() + _GUID).digest()).decode()
+
+
+def control_frame(opcode: int, payload: bytes = b"") -> bytes:
+    """An unmasked control frame (close, ping, pong): at most 125 bytes of payload."""
+    if len(payload) > 125:
+        raise ValueError("a control frame carries at most 125 bytes")
+    return bytes((0x80 | opcode, len(payload))) + payload
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    """A close frame: the code, then the reason cut to fit 123 bytes of whole characters."""
+    data = reason.encode()[:123].decode(errors="ignore").encode()
+    return control_frame(OP_CLOSE, code.to_bytes(2, "big") + data)
+
+
+def _valid_close_code(code: int) -> bool:
+    # 1004-1006 and 1015 are never sent on the wire; 1016-2999 are unassigned
+    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014) or (
+        3000 <= code <= 4999
+    )
+
+
+def parse_close(payload: bytes) -> tuple[int | None, str]:
+    """The code (None when absent) and reason a close frame carries."""
+    if not payload:
+        return None, ""
+    if len(payload) == 1:
+        raise ProtocolError(PROTOCOL_ERROR, "a close frame's code takes two bytes")
+    code = int.from_bytes(payload[:2], "big")
+    if not _valid_close_code(code):
+        raise ProtocolError(PROTOCOL_ERROR, f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode()
+    except UnicodeDecodeError:
+        raise ProtocolError(INVALID_TEXT, "a close reason must be valid UTF-8") from None
+    return code, reason
+
+
+def _unmask(mask: bytes, data: bytes) -> bytes:
+    n = len(data)
+    if not n:
+        return data
+    key = int.from_bytes(mask * (n // 4 + 1), "little") & ((1 << (8 * n)) - 1)
+    return (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
+
+
+class FrameParser:
+    """Turns the bytes a client sends into whole messages and control frames.
+
+    `feed()` returns, in order, `(OP_TEXT, str)` for each complete text message (its
+    fragments joined, checked as UTF-8) and `(opcode, bytes)` for each close, ping or
+    pong frame. It raises ProtocolError on the first violation; the parser is then
+    spent. Binary messages are refused at their first frame (1003).
+    """
+
+    __slots__ = ("_buffer", "_fragments", "_in_message", "_size", "max_message")
+
+    def __init__(self, max_message: int) -> None:
+        self.max_message = max_message
+        self._buffer = b""
+        # the fragments of the text message being received, and their total size
+        self._fragments: list[bytes] = []
+        self._size = 0
+        self._in_message = False
+
+    def feed(self, data: bytes) -> list[tuple[int, str | bytes]]:
+        out: list[tuple[int, str | bytes]] = []
+        try:
+            self._feed(data, out)
+        except ProtocolError as exc:
+            exc.frames = out
+            raise
+        return out
+
+    def _feed(self, data: bytes, out: list[tuple[int, str | bytes]]) -> None:
+        buf = self._buffer + data if self._buffer else data
+        pos = 0
+        end = len(buf)
+        while end - pos >= 2:
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            if b0 & 0x70:
+                raise ProtocolError(PROTOCOL_ERROR, "reserved bits set: no extension agreed")
+            if not b1 & 0x80:
+                raise ProtocolError(PROTOCOL_ERROR, "frames from a client must be masked")
+            fin = b0 & 0x80
+            opcode = b0 & 0x0F
+            length = b1 & 0x7F
+            head = 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                head = 4
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                if length >> 63:
+                    raise ProtocolError(PROTOCOL_ERROR, "frame length out of range")
+                head = 10
+            self._check(opcode, fin, length)
+            start = pos + head + 4
+            if end - start < length:
+                break
+            payload = _unmask(buf[pos + head : start], buf[start : start + length])
+            pos = start + length
+            if opcode >= OP_CLOSE:
+                out.append((opcode, payload))
+                continue
+            self._fragments.append(payload)
+            self._size += length
+            self._in_message = not fin
+            if fin:
+                message = b"".join(self._fragments) if len(self._fragments) > 1 else payload
+                self._fragments = []
+                self._size = 0
+                try:
+                    out.append((OP_TEXT, message.decode()))
+                except UnicodeDecodeError:
+                    raise ProtocolError(INVALID_TEXT, "text frames must be valid UTF-8") from None
+        self._buffer = buf[pos:]
+
+    def _check(self, opcode: int, fin: int, length: int) -> None:
+        """Refuse a frame from its header, before its payload is read or kept."""
+        if opcode >= OP_CLOSE:
+            if opcode not in (OP_CLOSE, OP_PING, OP_PONG):
+                raise ProtocolError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+            if not fin:
+                raise ProtocolError(PROTOCOL_ERROR, "control frames must not be fragmented")
+            if length > 125:
+                raise ProtocolError(PROTOCOL_ERROR, "control frames carry at most 125 bytes")
+            return
+        if opcode == OP_BINARY:
+            raise ProtocolError(UNSUPPORTED_DATA, "binary frames are not accepted")
+        if opcode == OP_TEXT:
+            if self._in_message:
+                raise ProtocolError(PROTOCOL_ERROR, "a new message began inside a fragmented one")
+        elif opcode == OP_CONTINUATION:
+            if not self._in_message:
+                raise ProtocolError(PROTOCOL_ERROR, "a continuation frame with no message")
+        else:
+            raise ProtocolError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+        if self._size + length > self.max_message:
+            raise ProtocolError(
+                MESSAGE_TOO_BIG, f"message too big: at most {self.max_message} bytes"
+            )
