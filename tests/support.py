@@ -382,6 +382,11 @@ class RawWebSocket:
 
     def send_frame(self, opcode: int, payload: bytes, *, fin: bool = True) -> None:
         """Write one masked frame, as the protocol requires of a client."""
+        self.writer.write(self.frame(opcode, payload, fin=fin))
+
+    @staticmethod
+    def frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+        """One masked client frame, as bytes (to send several in one write)."""
         first = (0x80 if fin else 0) | opcode
         size = len(payload)
         if size < 126:
@@ -392,7 +397,7 @@ class RawWebSocket:
             header = struct.pack("!BBQ", first, 0x80 | 127, size)
         mask = os.urandom(4)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.writer.write(header + mask + masked)
+        return header + mask + masked
 
     async def read_frame(self) -> tuple[int, bytes]:
         """(opcode, payload) of the next frame from the server (never masked)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from tests.support import (
     RawWebSocket,
     Server,
     cookie_of,
+    eventually,
     history,
     login,
     new_client,
@@ -454,3 +456,266 @@ async def test_a_failure_storing_messages_is_answered_and_the_socket_stays(
         assert any("storing 1 messages failed" in r.getMessage() for r in caplog.records)
         texts = [e.get("text") for e in await history(client, server) if e["type"] == "message"]
         assert texts == ["again"]
+
+
+# --- the protocol after the upgrade (chatroom's own, not aiohttp's) ---------------------
+
+
+async def _upgrade(
+    client: aiohttp.ClientSession, server: Server, **headers: str
+) -> aiohttp.ClientResponse:
+    sent = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
+    sent.update({k.replace("_", "-"): v for k, v in headers.items()})
+    sent = {k: v for k, v in sent.items() if v}
+    async with client.get(
+        f"{server.url}/websocket/room/socket?room=lobby", headers=sent
+    ) as response:
+        await response.read()
+        return response
+
+
+async def test_a_request_that_is_no_websocket_upgrade_is_refused(
+    server: Server, client: aiohttp.ClientSession
+) -> None:
+    await login(client, server, "alice", demo="websocket")
+    async with client.get(f"{server.url}/websocket/room/socket?room=lobby") as plain:
+        assert plain.status == 400
+        assert (await plain.json())["error"] == "not_websocket"
+    no_key = await _upgrade(client, server, Sec_WebSocket_Key="")
+    assert no_key.status == 400
+    bad_key = await _upgrade(client, server, Sec_WebSocket_Key="c2hvcnQ=")
+    assert bad_key.status == 400
+    old = await _upgrade(client, server, Sec_WebSocket_Version="8")
+    assert old.status == 426
+    assert old.headers["Sec-WebSocket-Version"] == "13"
+
+
+async def test_the_upgrade_is_answered_by_the_rfc_6455_accept_key(
+    server: Server, client: aiohttp.ClientSession
+) -> None:
+    await login(client, server, "alice", demo="websocket")
+    raw = await RawWebSocket.connect(
+        server, "/websocket/room/socket?room=lobby", cookie_of(client, server)
+    )
+    try:
+        assert raw.status == 101, raw.head
+        head = raw.head.lower()
+        assert "upgrade: websocket" in head
+        assert "connection: upgrade" in head
+        # the key itself is checked by aiohttp's client (every open_ws) and Chromium
+        assert "sec-websocket-accept:" in head
+    finally:
+        await raw.close()
+
+
+async def test_a_ping_is_answered_with_a_pong_carrying_its_payload(
+    server: Server, client: aiohttp.ClientSession
+) -> None:
+    await login(client, server, "alice", demo="websocket")
+    raw = await RawWebSocket.connect(
+        server, "/websocket/room/socket?room=lobby", cookie_of(client, server)
+    )
+    try:
+        raw.send_frame(0x9, b"are you there")
+        async with asyncio.timeout(5):
+            while True:
+                opcode, payload = await raw.read_frame()
+                if opcode == 0xA:
+                    break
+        assert payload == b"are you there"
+    finally:
+        await raw.close()
+
+
+async def test_a_close_from_the_client_is_answered_and_the_server_hangs_up(
+    server: Server, client: aiohttp.ClientSession
+) -> None:
+    await login(client, server, "alice", demo="websocket")
+    raw = await RawWebSocket.connect(
+        server, "/websocket/room/socket?room=lobby", cookie_of(client, server)
+    )
+    try:
+        raw.send_frame(0x8, (4321).to_bytes(2, "big") + b"bye")
+        _, code, _ = await raw.read_until_close()
+        assert code == 4321
+        # then the server closes the TCP connection: nothing more comes
+        async with asyncio.timeout(5):
+            assert await raw.reader.read() == b""
+        await eventually(lambda: not server.chat.sockets)
+    finally:
+        await raw.close()
+
+
+async def test_a_bad_close_code_from_the_client_closes_1002(
+    server: Server, client: aiohttp.ClientSession
+) -> None:
+    await login(client, server, "alice", demo="websocket")
+    raw = await RawWebSocket.connect(
+        server, "/websocket/room/socket?room=lobby", cookie_of(client, server)
+    )
+    try:
+        raw.send_frame(0x8, (1005).to_bytes(2, "big"))
+        _, code, reason = await raw.read_until_close()
+        assert code == 1002
+        assert "1005" in reason
+    finally:
+        await raw.close()
+
+
+async def test_a_message_sent_just_before_a_bad_frame_is_still_stored(
+    server: Server, client: aiohttp.ClientSession
+) -> None:
+    await login(client, server, "alice", demo="websocket")
+    raw = await RawWebSocket.connect(
+        server, "/websocket/room/socket?room=lobby", cookie_of(client, server)
+    )
+    try:
+        # one write: the server reads the good message and the bad frame together
+        raw.writer.write(
+            RawWebSocket.frame(0x1, b'{"text": "said first", "client_id": "f1"}')
+            + RawWebSocket.frame(0x2, b"\x00\x01")
+        )
+        _, code, reason = await raw.read_until_close()
+        assert code == 1003
+        assert "binary" in reason
+    finally:
+        await raw.close()
+    await eventually(
+        lambda: _texts_stored(client, server, "said first"), within=5.0, step=0.05
+    )
+
+
+async def _texts_stored(client: aiohttp.ClientSession, server: Server, text: str) -> bool:
+    return any(e.get("text") == text for e in await history(client, server))
+
+
+async def test_a_fragmented_message_is_one_message(
+    server: Server, client: aiohttp.ClientSession
+) -> None:
+    await login(client, server, "alice", demo="websocket")
+    raw = await RawWebSocket.connect(
+        server, "/websocket/room/socket?room=lobby", cookie_of(client, server)
+    )
+    try:
+        whole = b'{"text": "in three parts", "client_id": "frag"}'
+        raw.send_frame(0x1, whole[:10], fin=False)
+        raw.send_frame(0x9, b"between")  # a control frame may come between fragments
+        raw.send_frame(0x0, whole[10:20], fin=False)
+        raw.send_frame(0x0, whole[20:])
+        async with asyncio.timeout(5):
+            while True:
+                opcode, payload = await raw.read_frame()
+                if opcode == 0x1 and b'"ack"' in payload:
+                    break
+        assert b'"client_id":"frag"' in payload
+    finally:
+        await raw.close()
+    assert await _texts_stored(client, server, "in three parts")
+
+
+async def test_a_client_that_stops_answering_pings_is_dropped(tmp_path: Path) -> None:
+    async with serving(tmp_path, ws_heartbeat=0.2) as server, new_client() as client:
+        await login(client, server, "alice", demo="websocket")
+        path, cookie = "/websocket/room/socket?room=lobby", cookie_of(client, server)
+        alive = await RawWebSocket.connect(server, path, cookie)
+        silent = await RawWebSocket.connect(server, path, cookie)
+
+        async def answer_pings() -> int:
+            pongs = 0
+            while True:
+                opcode, payload = await alive.read_frame()
+                if opcode == 0x9:
+                    alive.send_frame(0xA, payload)
+                    pongs += 1
+                    if pongs == 10:
+                        return pongs
+
+        try:
+            answering = asyncio.create_task(answer_pings())
+            pings = 0
+            async with asyncio.timeout(5):
+                # the silent one reads the pings but never answers: dropped after one
+                # heartbeat with nothing heard from it
+                while True:
+                    try:
+                        opcode, _ = await silent.read_frame()
+                    except asyncio.IncompleteReadError:
+                        break
+                    pings += opcode == 0x9
+                assert pings >= 1
+                # the one that answers stays through ten heartbeats, and can still talk
+                assert await answering == 10
+            alive.send_frame(0x1, b'{"text": "still here", "client_id": "h"}')
+            async with asyncio.timeout(5):
+                while True:
+                    opcode, payload = await alive.read_frame()
+                    if opcode == 0x1 and b'"client_id":"h"' in payload:
+                        break
+        finally:
+            await alive.close()
+            await silent.close()
+
+
+def _server_tasks() -> Counter[str]:
+    """The running tasks whose code is the server's (aiohttp's web side or chatroom's)."""
+    names: Counter[str] = Counter()
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        if code is None:
+            continue
+        path = code.co_filename
+        if "/chatroom/" in path or "aiohttp/web_" in path:
+            names[code.co_qualname] += 1
+    return names
+
+
+def _more_tasks(before: Counter[str]) -> Counter[str]:
+    return _server_tasks() - before
+
+
+async def test_an_idle_socket_holds_no_task(server: Server, client: aiohttp.ClientSession) -> None:
+    await login(client, server, "alice", demo="websocket")
+    await publish(server, "lobby", ["before"])
+    before = _server_tasks()
+    sockets = [await open_ws(client, server).__aenter__() for _ in range(20)]
+    try:
+        for ws in sockets:
+            await ws_until(ws, has_text("before"))
+        # each has had its history; the pumps have ended, nothing waits per socket
+        await eventually(lambda: not _more_tasks(before), within=5.0)
+        await publish(server, "lobby", ["live"])
+        for ws in sockets:
+            await ws_until(ws, has_text("live"))
+        assert not _more_tasks(before)
+        assert len(server.chat.sockets) == 20
+    finally:
+        for ws in sockets:
+            await ws.close()
+    await eventually(lambda: not server.chat.sockets)
+
+
+async def test_sockets_that_go_at_once_leave_nothing_behind(
+    server: Server, client: aiohttp.ClientSession
+) -> None:
+    await login(client, server, "alice", demo="websocket")
+    path, cookie = "/websocket/room/socket?room=lobby", cookie_of(client, server)
+    for i in range(20):
+        raw = await RawWebSocket.connect(server, path, cookie)
+        assert raw.status == 101
+        if i % 2:
+            # gone while it is being let in (presence, subscription) or just after
+            raw.transport.abort()
+        else:
+            raw.send_frame(0x1, b'"a last word"')
+            await raw.close()
+    await eventually(lambda: not server.chat.sockets)
+    assert server.chat.connections["websocket"] == 0
+    assert server.broker.subscribers("lobby") == 0
+    # what each said before it hung up was stored
+    said = [e for e in await history(client, server) if e.get("text") == "a last word"]
+    assert len(said) == 10
