@@ -115,7 +115,12 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         chat.broker.shutdown()
         await asyncio.gather(
             *(
-                ws.close(code=websocket.CLOSE_GOING_AWAY, message=b"server shutting down")
+                ws.close(
+                    code=websocket.CLOSE_GOING_AWAY,
+                    message=b"server shutting down",
+                    # well inside the runner's shutdown timeout
+                    within=1.0,
+                )
                 for ws in list(chat.sockets)
             )
         )

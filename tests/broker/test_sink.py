@@ -226,3 +226,92 @@ async def test_a_sink_whose_write_fails_ends_only_that_subscription(backends: Ba
     assert broker.stats.cut_off == 0
     other.close()
     await other_consumer
+
+
+class Pump:
+    """A transport that drives its subscription from callbacks (as the WebSocket does):
+    no task while caught up; on_ready() starts one that polls until poll() says None."""
+
+    def __init__(self, sub: Subscription, socket: Socket, busy: float = 0.0) -> None:
+        self.sub, self.socket, self.busy = sub, socket, busy
+        self.task: asyncio.Task[None] | None = None
+        self.runs = 0
+        self.error: BaseException | None = None
+        sub.on_ready(self.ready)
+        self.ready()
+
+    def ready(self) -> None:
+        if self.task is None:
+            self.runs += 1
+            self.task = asyncio.get_running_loop().create_task(self.run())
+
+    async def run(self) -> None:
+        try:
+            while (batch := await self.sub.poll()) is not None:
+                self.socket.consumed(batch)
+                if self.busy:
+                    await asyncio.sleep(random.random() * self.busy)
+        except StopAsyncIteration:
+            pass
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self.task = None
+
+
+async def test_a_callback_driven_subscriber_gets_every_event_once_in_order(
+    backends: Backends,
+) -> None:
+    broker = await backends.broker(max_pending=512, page=4)
+    socket = Socket()
+    first = (await broker.say(ROOM, "alice", "s1", "first")).event
+    said = await say(broker, 20)
+    sub = broker.subscribe(ROOM, first.position)
+    sub.set_sink(socket, "sse")
+    pump = Pump(sub, socket, busy=0.003)
+    for _ in range(40):
+        said += await say(broker, random.randint(1, 12), together=random.random() < 0.5)
+        await asyncio.sleep(random.choice([0.0, 0.002, 0.03]))
+    await eventually(lambda: len(socket.ids) >= len(said) or pump.error is not None)
+    assert pump.error is None
+    assert socket.ids == ids(said)
+    assert broker.stats.cut_off == 0
+    # both paths were taken
+    assert socket.sink_writes > 0
+    assert socket.consumer_batches > 1
+    # caught up, it holds no task
+    await eventually(lambda: pump.task is None)
+    runs = pump.runs
+    sub.close()
+    # closing calls it back once more, to end
+    assert pump.runs == runs + 1
+    await eventually(lambda: pump.task is None)
+    assert pump.error is None
+
+
+async def test_a_woken_callback_subscriber_is_not_cut_off_by_a_second_push(
+    backends: Backends,
+) -> None:
+    """Two batches in one loop turn, before its pump ran: as for a parked consumer
+    that iterates, the overflow is read back from the backend, not a cut-off."""
+    broker = await backends.broker(max_pending=64)
+    head = (await broker.say(ROOM, "alice", "s1", "first")).event
+    sub = broker.subscribe(ROOM, head.position)
+    calls: list[int] = []
+    sub.on_ready(lambda: calls.append(1))
+    while await sub.poll() is not None:
+        pass
+    epoch = head.position.epoch
+
+    def events(start: int, n: int) -> list[Event]:
+        return [
+            Event.create(ROOM, Position(epoch, i), "message", "u", 0, "t")
+            for i in range(start, start + n)
+        ]
+
+    # a gap first (it takes the queue and wakes the pump), then more than fit
+    sub._push(events(head.offset + 5, 10))
+    assert sub._push(events(head.offset + 15, 100))
+    assert calls
+    assert sub._error is None
+    sub.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import tracemalloc
 
 import pytest
 from hypothesis import example, given, settings
@@ -907,3 +908,26 @@ def test_any_fragmentation_and_chunking_returns_exactly_the_messages(
         out += parser.feed(wire[a:b])
     assert out == expected
     assert [payload for opcode, payload in out if opcode == OP_TEXT] == messages
+
+
+def test_fragments_without_end_hold_their_bytes_and_no_more() -> None:
+    # a message that never ends, in empty and one-byte fragments: the parser keeps
+    # the bytes, not an object per fragment
+    parser = FrameParser(LIMIT)
+    parser.feed(client_frame(b"a", fin=False))
+    empty = client_frame(b"", OP_CONTINUATION, fin=False) * 1000
+    one = client_frame(b"b", OP_CONTINUATION, fin=False) * 1000
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for _ in range(100):
+            parser.feed(empty)
+        for _ in range(10):
+            parser.feed(one)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # 100,000 empty and 10,000 one-byte fragments: about 10 KB of message
+    assert held - before < 32 * 1024
+    done = parser.feed(client_frame(b"c", OP_CONTINUATION))
+    assert done == [(OP_TEXT, "a" + "b" * 10_000 + "c")]

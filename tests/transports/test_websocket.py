@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from tests.support import (
     login,
     new_client,
     open_ws,
+    press_leave,
     publish,
     say_lp,
     serving,
@@ -719,3 +721,58 @@ async def test_sockets_that_go_at_once_leave_nothing_behind(
     # what each said before it hung up was stored
     said = [e for e in await history(client, server) if e.get("text") == "a last word"]
     assert len(said) == 10
+
+
+async def test_a_refused_socket_reads_the_answer_to_its_close_and_goes_at_once(
+    server: Server, client: aiohttp.ClientSession
+) -> None:
+    page = await login(client, server, "alice", demo="longpolling")
+    await press_leave(client, server, page.csrf, "longpolling")
+    raw = await RawWebSocket.connect(
+        server, "/websocket/room/socket?room=lobby", cookie_of(client, server)
+    )
+    try:
+        _, code, reason = await raw.read_until_close()
+        assert code == 4000
+        assert "left" in reason
+        # the client answers the close: the server reads it and hangs up cleanly
+        # (not after its 10 s close timeout, not with a reset)
+        raw.send_frame(0x8, (1000).to_bytes(2, "big"))
+        async with asyncio.timeout(2):
+            assert await raw.reader.read() == b""
+        await eventually(lambda: not server.chat.sockets, within=2.0)
+    finally:
+        await raw.close()
+
+
+async def test_a_client_that_sends_but_never_reads_is_cut_off(tmp_path: Path) -> None:
+    # what the server owes it (pongs here) may pile up to max_unsent, not past it
+    limit = 64 * 1024
+    async with serving(tmp_path, max_unsent=limit) as server, new_client() as client:
+        await login(client, server, "alice", demo="websocket")
+        raw = await RawWebSocket.connect(
+            server, "/websocket/room/socket?room=lobby", cookie_of(client, server), rcvbuf=4096
+        )
+        try:
+            ping = RawWebSocket.frame(0x9, b"p" * 100)
+            (sock,) = server.chat.sockets
+            transport = sock.transport  # type: ignore[attr-defined]
+            # a small kernel buffer on the server's side too, so what is owed shows in
+            # the process (loopback would otherwise take megabytes)
+            transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 8192
+            )
+            peak = 0
+            for _ in range(200):
+                raw.writer.write(ping * 100)
+                await raw.writer.drain()
+                await asyncio.sleep(0)
+                peak = max(peak, transport.get_write_buffer_size())
+            # 2 MB of pongs owed; never more than the limit and one frame held for it
+            assert peak <= limit + 200
+            # when it does read, it finds pongs, then why it was cut off
+            _, code, reason = await raw.read_until_close(within=10)
+            assert code == 4008
+            assert "read what you are sent" in reason
+        finally:
+            await raw.close()

@@ -96,8 +96,8 @@ class Subscription:
     # the fan-out touches thousands of these per event: keep them small and near
     __slots__ = (
         "_broker", "_closed", "_cursor", "_error", "_framing", "_initial", "_need_read",
-        "_parked", "_queue", "_reading", "_ready", "_sink", "_started", "_waiter", "reason",
-        "room", "session",
+        "_parked", "_queue", "_reading", "_ready", "_sink", "_started", "_waiter", "_woken",
+        "reason", "room", "session",
     )
 
     def __init__(
@@ -124,6 +124,8 @@ class Subscription:
         # the consumer took everything and nothing has woken it yet: it is caught up
         self._parked = False
         self._ready: Callable[[], None] | None = None
+        # woken from parked and not polled since: as caught up as when it parked
+        self._woken = False
 
     @property
     def cursor(self) -> Position | None:
@@ -184,6 +186,7 @@ class Subscription:
         Raises the error that ended the subscription (SlowConsumer, ConnectionError),
         or what the backend raised reading history (then it may be polled again).
         """
+        self._woken = False
         while True:
             if self._error is not None:
                 raise self._error
@@ -269,7 +272,13 @@ class Subscription:
         if self._closed:
             return True
         if len(self._queue) + len(events) > self._broker.max_pending:
-            if self._reading or self._need_read or self._waiter is not None or not self._queue:
+            if (
+                self._reading
+                or self._need_read
+                or self._waiter is not None
+                or self._woken
+                or not self._queue
+            ):
                 # Catching up from the backend, or caught up (waiting, or nothing left
                 # waiting) and handed more at once than fit (a group commit, one XREAD):
                 # it is not behind. The backend holds these; read them after.
@@ -289,6 +298,8 @@ class Subscription:
         return True
 
     def _wake(self) -> None:
+        if self._parked:
+            self._woken = True
         self._parked = False
         waiter = self._waiter
         if waiter is not None and not waiter.done():

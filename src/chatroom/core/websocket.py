@@ -120,15 +120,14 @@ class FrameParser:
     spent. Binary messages are refused at their first frame (1003).
     """
 
-    __slots__ = ("_buffer", "_fragments", "_in_message", "_size", "max_message")
+    __slots__ = ("_buffer", "_message", "max_message")
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
         self._buffer = b""
-        # the fragments of the text message being received, and their total size
-        self._fragments: list[bytes] = []
-        self._size = 0
-        self._in_message = False
+        # the text message being received in fragments, joined as they come: however
+        # many fragments (empty ones too), it holds at most max_message bytes
+        self._message: bytearray | None = None
 
     def feed(self, data: bytes) -> list[tuple[int, str | bytes]]:
         out: list[tuple[int, str | bytes]] = []
@@ -175,17 +174,22 @@ class FrameParser:
             if opcode >= OP_CLOSE:
                 out.append((opcode, payload))
                 continue
-            self._fragments.append(payload)
-            self._size += length
-            self._in_message = not fin
-            if fin:
-                message = b"".join(self._fragments) if len(self._fragments) > 1 else payload
-                self._fragments = []
-                self._size = 0
-                try:
-                    out.append((OP_TEXT, message.decode()))
-                except UnicodeDecodeError:
-                    raise ProtocolError(INVALID_TEXT, "text frames must be valid UTF-8") from None
+            started = self._message
+            if not fin:
+                if started is None:
+                    self._message = bytearray(payload)
+                else:
+                    started += payload
+                continue
+            message: bytes | bytearray = payload
+            if started is not None:
+                started += payload
+                message = started
+                self._message = None
+            try:
+                out.append((OP_TEXT, message.decode()))
+            except UnicodeDecodeError:
+                raise ProtocolError(INVALID_TEXT, "text frames must be valid UTF-8") from None
         self._buffer = buf[pos:]
 
     def _check(self, opcode: int, fin: int, length: int) -> None:
@@ -201,14 +205,14 @@ class FrameParser:
         if opcode == OP_BINARY:
             raise ProtocolError(UNSUPPORTED_DATA, "binary frames are not accepted")
         if opcode == OP_TEXT:
-            if self._in_message:
+            if self._message is not None:
                 raise ProtocolError(PROTOCOL_ERROR, "a new message began inside a fragmented one")
         elif opcode == OP_CONTINUATION:
-            if not self._in_message:
+            if self._message is None:
                 raise ProtocolError(PROTOCOL_ERROR, "a continuation frame with no message")
         else:
             raise ProtocolError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
-        if self._size + length > self.max_message:
+        if (0 if self._message is None else len(self._message)) + length > self.max_message:
             raise ProtocolError(
                 MESSAGE_TOO_BIG, f"message too big: at most {self.max_message} bytes"
             )

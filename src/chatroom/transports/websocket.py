@@ -92,7 +92,8 @@ async def socket(request: web.Request) -> web.StreamResponse:
     cursor = read_cursor(request.query.get("lastReceived"))
 
     headers = request.headers
-    if not _has_token(headers.get("Upgrade", ""), "websocket") or not _has_token(
+    # exactly "websocket", as aiohttp's parser requires to hand over what follows
+    if headers.get("Upgrade", "").strip().lower() != "websocket" or not _has_token(
         headers.get("Connection", ""), "upgrade"
     ):
         return json_error(400, "not_websocket", "this URL takes a WebSocket upgrade")
@@ -107,7 +108,8 @@ async def socket(request: web.Request) -> web.StreamResponse:
         return json_error(400, "not_websocket", "missing or malformed Sec-WebSocket-Key")
     transport = request.transport
     if transport is None or transport.is_closing():
-        raise ConnectionResetError("the client went before its upgrade was answered")
+        # the client went before its upgrade was answered: nothing to say, nobody to say it to
+        return web.Response(status=400)
 
     transport.write(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
@@ -224,8 +226,7 @@ class _Socket(asyncio.Protocol):
         self._ready()
         if tail:
             self.data_received(tail)
-        if not self._lost:
-            self.transport.resume_reading()
+        self._resume_reading()
 
     def _refuse(self, code: int, reason: str) -> None:
         self._opening = False
@@ -233,6 +234,8 @@ class _Socket(asyncio.Protocol):
             self._end()
         else:
             self._close(code, reason)
+            # read its answer to the close (what else it sends is ignored now)
+            self._resume_reading()
 
     # --- writing events ---------------------------------------------------------------
 
@@ -312,9 +315,8 @@ class _Socket(asyncio.Protocol):
                     assert isinstance(payload, str)
                     self._say(_parse(self.chat, self.session, payload))
             elif opcode == OP_PING:
-                if not self._close_sent:
-                    assert isinstance(payload, bytes)
-                    self.transport.write(control_frame(OP_PONG, payload))
+                assert isinstance(payload, bytes)
+                self._write(control_frame(OP_PONG, payload))
             elif opcode == OP_CLOSE:
                 assert isinstance(payload, bytes)
                 self._closed_by_client(payload)
@@ -383,7 +385,7 @@ class _Socket(asyncio.Protocol):
 
     def _resume_reading(self) -> None:
         said = self._said
-        if said is not None and len(said) < _MAX_WAITING and not self._lost and self._opened:
+        if not self._lost and (said is None or len(said) < _MAX_WAITING):
             self.transport.resume_reading()
 
     async def _store(self, run: list[Draft]) -> list[str]:
@@ -411,8 +413,22 @@ class _Socket(asyncio.Protocol):
         ]
 
     def _reply(self, reply: str) -> None:
-        if not self._close_sent and not self._lost:
-            self.transport.write(ws_frame(reply.encode()))
+        self._write(ws_frame(reply.encode()))
+
+    def _write(self, frame: bytes) -> None:
+        """An answer (ack, error frame, pong) to the client, unless the socket is closing.
+
+        A client that keeps sending but does not read would have its answers pile up
+        here: past the bound on unsent bytes it is cut off, as a slow subscriber is.
+        """
+        transport = self.transport
+        if self._close_sent or self._lost or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > self.chat.settings.max_unsent:
+            log.info("websocket cut off: its answers are not read")
+            self._close(CLOSE_TOO_SLOW, "too slow: read what you are sent")
+            return
+        transport.write(frame)
 
     # --- closing ----------------------------------------------------------------------
 
@@ -429,22 +445,34 @@ class _Socket(asyncio.Protocol):
             CLOSE_TIMEOUT, self.transport.abort
         )
 
-    async def close(self, code: int = CLOSE_NORMAL, message: bytes = b"") -> None:
-        """Close with `code` and wait (a bounded time) until the socket is done."""
+    async def close(
+        self, code: int = CLOSE_NORMAL, message: bytes = b"", within: float = CLOSE_TIMEOUT
+    ) -> None:
+        """Close with `code`; wait `within` seconds for the client's answer, then hang up.
+
+        Returns once the socket is done (gone, what it said stored, its presence ended),
+        or after twice `within` at most.
+        """
         self._close(code, message.decode(errors="replace"))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._ended), CLOSE_TIMEOUT * 2)
+            await asyncio.wait_for(asyncio.shield(self._ended), within)
+            return
+        self.transport.abort()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._ended), within)
 
     def tick(self) -> None:
         """The heartbeat: ping; drop a socket that said nothing since the last ping."""
         if self._lost or self._close_sent:
             return
-        if not self._heard:
+        said = self._said
+        if not self._heard and (said is None or len(said) < _MAX_WAITING):
+            # (a socket not read while what it said is stored cannot be heard: not it)
             log.info("websocket dropped: no answer to a ping")
             self.transport.abort()
             return
         self._heard = False
-        self.transport.write(control_frame(OP_PING))
+        self._write(control_frame(OP_PING))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -492,7 +520,10 @@ async def heartbeat(chat: Chat, every: float) -> None:
         await asyncio.sleep(every)
         for sock in list(chat.sockets):
             if isinstance(sock, _Socket):
-                sock.tick()
+                try:
+                    sock.tick()
+                except Exception:
+                    log.exception("websocket heartbeat failed for one socket")
 
 
 def _parse(chat: Chat, session: Session, raw: str) -> Draft | str:

@@ -41,7 +41,9 @@ TECHNIQUES: dict[str, str] = {
 class OpenSocket(Protocol):
     """An open WebSocket, as the app sees it: something to close."""
 
-    async def close(self, code: int = 1000, message: bytes = b"") -> None: ...
+    async def close(
+        self, code: int = 1000, message: bytes = b"", within: float = 10.0
+    ) -> None: ...
 
 
 @dataclass(slots=True)
