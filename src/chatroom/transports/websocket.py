@@ -133,6 +133,16 @@ async def socket(request: web.Request) -> web.StreamResponse:
     return web.Response(status=101)
 
 
+# The loop holds tasks weakly: these (letting a socket in, its leave) are held here
+# until they are done.
+_tasks: set[asyncio.Task[None]] = set()
+
+
+def _keep(task: asyncio.Task[None]) -> None:
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
 class _Socket(asyncio.Protocol):
     """One WebSocket after its upgrade: reads frames, writes events, closes cleanly."""
 
@@ -194,7 +204,7 @@ class _Socket(asyncio.Protocol):
     # --- opening ----------------------------------------------------------------------
 
     def start(self, cursor: Position | None, tail: bytes) -> None:
-        asyncio.get_running_loop().create_task(self._open(cursor, tail), name="chatroom-ws-open")
+        _keep(asyncio.get_running_loop().create_task(self._open(cursor, tail)))
 
     async def _open(self, cursor: Position | None, tail: bytes) -> None:
         chat, session = self.chat, self.session
@@ -497,7 +507,7 @@ class _Socket(asyncio.Protocol):
         if not self._opened:
             self._finished()
             return
-        asyncio.get_running_loop().create_task(self._leave(), name="chatroom-ws-leave")
+        _keep(asyncio.get_running_loop().create_task(self._leave()))
 
     async def _leave(self) -> None:
         try:
