@@ -68,6 +68,16 @@ async def consume(sub: Subscription, socket: Socket, busy: float = 0.0) -> None:
             await asyncio.sleep(random.random() * busy)
 
 
+async def say_in_bits(broker: Broker) -> list[Event]:
+    """40 runs of 1 to 12 messages, said together or one by one, with pauses: some
+    long enough for a consumer to catch up and park, some not."""
+    said: list[Event] = []
+    for _ in range(40):
+        said += await say(broker, random.randint(1, 12), together=random.random() < 0.5)
+        await asyncio.sleep(random.choice([0.0, 0.002, 0.03]))
+    return said
+
+
 async def parked(broker: Broker, socket: Socket) -> tuple[Subscription, asyncio.Task[None]]:
     """A caught-up subscriber with a sink, its consumer parked."""
     first = (await broker.say(ROOM, "alice", "s1", "first")).event
@@ -109,10 +119,7 @@ async def test_sink_and_consumer_together_deliver_every_event_once_in_order(
     sub = broker.subscribe(ROOM, first.position)
     sub.set_sink(socket, "sse")
     consumer = asyncio.create_task(consume(sub, socket, busy=0.003))
-    for _ in range(40):
-        said += await say(broker, random.randint(1, 12), together=random.random() < 0.5)
-        # sometimes long enough for the consumer to catch up and park
-        await asyncio.sleep(random.choice([0.0, 0.002, 0.03]))
+    said += await say_in_bits(broker)
     await eventually(lambda: len(socket.ids) >= len(said) or consumer.done())
     if consumer.done():
         consumer.result()  # raises what ended it early (a cut-off would show here)
@@ -269,9 +276,7 @@ async def test_a_callback_driven_subscriber_gets_every_event_once_in_order(
     sub = broker.subscribe(ROOM, first.position)
     sub.set_sink(socket, "sse")
     pump = Pump(sub, socket, busy=0.003)
-    for _ in range(40):
-        said += await say(broker, random.randint(1, 12), together=random.random() < 0.5)
-        await asyncio.sleep(random.choice([0.0, 0.002, 0.03]))
+    said += await say_in_bits(broker)
     await eventually(lambda: len(socket.ids) >= len(said) or pump.error is not None)
     assert pump.error is None
     assert socket.ids == ids(said)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -497,51 +499,59 @@ async def test_a_request_that_is_no_websocket_upgrade_is_refused(
     assert old.headers["Sec-WebSocket-Version"] == "13"
 
 
+@asynccontextmanager
+async def raw_ws(
+    client: aiohttp.ClientSession, server: Server, *, rcvbuf: int | None = None
+) -> AsyncIterator[RawWebSocket]:
+    """A raw WebSocket to the lobby with the client's session; closed on exit."""
+    raw = await RawWebSocket.connect(
+        server, "/websocket/room/socket?room=lobby", cookie_of(client, server), rcvbuf=rcvbuf
+    )
+    try:
+        assert raw.status == 101, raw.head
+        yield raw
+    finally:
+        await raw.close()
+
+
+async def frame_where(
+    raw: RawWebSocket, wanted: Callable[[int, bytes], bool], within: float = 5.0
+) -> tuple[int, bytes]:
+    """Read frames until one is wanted(opcode, payload); return it."""
+    async with asyncio.timeout(within):
+        while True:
+            opcode, payload = await raw.read_frame()
+            if wanted(opcode, payload):
+                return opcode, payload
+
+
 async def test_the_upgrade_is_answered_by_the_rfc_6455_accept_key(
     server: Server, client: aiohttp.ClientSession
 ) -> None:
     await login(client, server, "alice", demo="websocket")
-    raw = await RawWebSocket.connect(
-        server, "/websocket/room/socket?room=lobby", cookie_of(client, server)
-    )
-    try:
-        assert raw.status == 101, raw.head
+    async with raw_ws(client, server) as raw:
         head = raw.head.lower()
         assert "upgrade: websocket" in head
         assert "connection: upgrade" in head
         # the key itself is checked by aiohttp's client (every open_ws) and Chromium
         assert "sec-websocket-accept:" in head
-    finally:
-        await raw.close()
 
 
 async def test_a_ping_is_answered_with_a_pong_carrying_its_payload(
     server: Server, client: aiohttp.ClientSession
 ) -> None:
     await login(client, server, "alice", demo="websocket")
-    raw = await RawWebSocket.connect(
-        server, "/websocket/room/socket?room=lobby", cookie_of(client, server)
-    )
-    try:
+    async with raw_ws(client, server) as raw:
         raw.send_frame(0x9, b"are you there")
-        async with asyncio.timeout(5):
-            while True:
-                opcode, payload = await raw.read_frame()
-                if opcode == 0xA:
-                    break
+        _, payload = await frame_where(raw, lambda opcode, _: opcode == 0xA)
         assert payload == b"are you there"
-    finally:
-        await raw.close()
 
 
 async def test_a_close_from_the_client_is_answered_and_the_server_hangs_up(
     server: Server, client: aiohttp.ClientSession
 ) -> None:
     await login(client, server, "alice", demo="websocket")
-    raw = await RawWebSocket.connect(
-        server, "/websocket/room/socket?room=lobby", cookie_of(client, server)
-    )
-    try:
+    async with raw_ws(client, server) as raw:
         raw.send_frame(0x8, (4321).to_bytes(2, "big") + b"bye")
         _, code, _ = await raw.read_until_close()
         assert code == 4321
@@ -549,34 +559,24 @@ async def test_a_close_from_the_client_is_answered_and_the_server_hangs_up(
         async with asyncio.timeout(5):
             assert await raw.reader.read() == b""
         await eventually(lambda: not server.chat.sockets)
-    finally:
-        await raw.close()
 
 
 async def test_a_bad_close_code_from_the_client_closes_1002(
     server: Server, client: aiohttp.ClientSession
 ) -> None:
     await login(client, server, "alice", demo="websocket")
-    raw = await RawWebSocket.connect(
-        server, "/websocket/room/socket?room=lobby", cookie_of(client, server)
-    )
-    try:
+    async with raw_ws(client, server) as raw:
         raw.send_frame(0x8, (1005).to_bytes(2, "big"))
         _, code, reason = await raw.read_until_close()
         assert code == 1002
         assert "1005" in reason
-    finally:
-        await raw.close()
 
 
 async def test_a_message_sent_just_before_a_bad_frame_is_still_stored(
     server: Server, client: aiohttp.ClientSession
 ) -> None:
     await login(client, server, "alice", demo="websocket")
-    raw = await RawWebSocket.connect(
-        server, "/websocket/room/socket?room=lobby", cookie_of(client, server)
-    )
-    try:
+    async with raw_ws(client, server) as raw:
         # one write: the server reads the good message and the bad frame together
         raw.writer.write(
             RawWebSocket.frame(0x1, b'{"text": "said first", "client_id": "f1"}')
@@ -585,8 +585,6 @@ async def test_a_message_sent_just_before_a_bad_frame_is_still_stored(
         _, code, reason = await raw.read_until_close()
         assert code == 1003
         assert "binary" in reason
-    finally:
-        await raw.close()
     await eventually(
         lambda: _texts_stored(client, server, "said first"), within=5.0, step=0.05
     )
@@ -600,23 +598,14 @@ async def test_a_fragmented_message_is_one_message(
     server: Server, client: aiohttp.ClientSession
 ) -> None:
     await login(client, server, "alice", demo="websocket")
-    raw = await RawWebSocket.connect(
-        server, "/websocket/room/socket?room=lobby", cookie_of(client, server)
-    )
-    try:
+    async with raw_ws(client, server) as raw:
         whole = b'{"text": "in three parts", "client_id": "frag"}'
         raw.send_frame(0x1, whole[:10], fin=False)
         raw.send_frame(0x9, b"between")  # a control frame may come between fragments
         raw.send_frame(0x0, whole[10:20], fin=False)
         raw.send_frame(0x0, whole[20:])
-        async with asyncio.timeout(5):
-            while True:
-                opcode, payload = await raw.read_frame()
-                if opcode == 0x1 and b'"ack"' in payload:
-                    break
+        _, payload = await frame_where(raw, lambda op, data: op == 0x1 and b'"ack"' in data)
         assert b'"client_id":"frag"' in payload
-    finally:
-        await raw.close()
     assert await _texts_stored(client, server, "in three parts")
 
 
@@ -653,11 +642,7 @@ async def test_a_client_that_stops_answering_pings_is_dropped(tmp_path: Path) ->
                 # the one that answers stays through ten heartbeats, and can still talk
                 assert await answering == 10
             alive.send_frame(0x1, b'{"text": "still here", "client_id": "h"}')
-            async with asyncio.timeout(5):
-                while True:
-                    opcode, payload = await alive.read_frame()
-                    if opcode == 0x1 and b'"client_id":"h"' in payload:
-                        break
+            await frame_where(alive, lambda op, data: op == 0x1 and b'"client_id":"h"' in data)
         finally:
             await alive.close()
             await silent.close()
@@ -728,10 +713,7 @@ async def test_a_refused_socket_reads_the_answer_to_its_close_and_goes_at_once(
 ) -> None:
     page = await login(client, server, "alice", demo="longpolling")
     await press_leave(client, server, page.csrf, "longpolling")
-    raw = await RawWebSocket.connect(
-        server, "/websocket/room/socket?room=lobby", cookie_of(client, server)
-    )
-    try:
+    async with raw_ws(client, server) as raw:
         _, code, reason = await raw.read_until_close()
         assert code == 4000
         assert "left" in reason
@@ -741,8 +723,6 @@ async def test_a_refused_socket_reads_the_answer_to_its_close_and_goes_at_once(
         async with asyncio.timeout(2):
             assert await raw.reader.read() == b""
         await eventually(lambda: not server.chat.sockets, within=2.0)
-    finally:
-        await raw.close()
 
 
 async def test_a_client_that_sends_but_never_reads_is_cut_off(tmp_path: Path) -> None:
@@ -750,10 +730,7 @@ async def test_a_client_that_sends_but_never_reads_is_cut_off(tmp_path: Path) ->
     limit = 64 * 1024
     async with serving(tmp_path, max_unsent=limit) as server, new_client() as client:
         await login(client, server, "alice", demo="websocket")
-        raw = await RawWebSocket.connect(
-            server, "/websocket/room/socket?room=lobby", cookie_of(client, server), rcvbuf=4096
-        )
-        try:
+        async with raw_ws(client, server, rcvbuf=4096) as raw:
             ping = RawWebSocket.frame(0x9, b"p" * 100)
             (sock,) = server.chat.sockets
             transport = sock.transport  # type: ignore[attr-defined]
@@ -774,5 +751,3 @@ async def test_a_client_that_sends_but_never_reads_is_cut_off(tmp_path: Path) ->
             _, code, reason = await raw.read_until_close(within=10)
             assert code == 4008
             assert "read what you are sent" in reason
-        finally:
-            await raw.close()
