@@ -751,3 +751,30 @@ async def test_a_client_that_sends_but_never_reads_is_cut_off(tmp_path: Path) ->
             _, code, reason = await raw.read_until_close(within=10)
             assert code == 4008
             assert "read what you are sent" in reason
+
+
+async def test_a_frame_sent_right_behind_the_upgrade_request_is_not_lost(
+    server: Server, client: aiohttp.ClientSession
+) -> None:
+    """RFC 6455 has clients wait for the 101; one that does not still loses nothing:
+    the bytes aiohttp read behind the request are the socket's first."""
+    await login(client, server, "alice", demo="websocket")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        request = (
+            "GET /websocket/room/socket?room=lobby HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{server.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Cookie: chatroom_session={cookie_of(client, server)}\r\n\r\n"
+        ).encode()
+        # one write: the request and a message together
+        writer.write(request + RawWebSocket.frame(0x1, b'{"text": "eager", "client_id": "e1"}'))
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        raw = RawWebSocket(reader, writer, 101, head.decode())
+        _, payload = await frame_where(raw, lambda op, data: b'"client_id":"e1"' in data)
+        assert b'"ack"' in payload
+    finally:
+        writer.close()
+    assert await _texts_stored(client, server, "eager")
