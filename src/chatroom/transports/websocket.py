@@ -251,7 +251,7 @@ class _Socket(asyncio.Protocol):
 
     def _ready(self) -> None:
         """The subscription has something for the pump (or has ended)."""
-        if self._pump is None and not self._lost:
+        if self._pump is None and not self._lost and not self._close_sent:
             self._pump = asyncio.get_running_loop().create_task(self._run_pump())
 
     async def _run_pump(self) -> None:
