@@ -78,6 +78,15 @@ async def say_in_bits(broker: Broker) -> list[Event]:
     return said
 
 
+async def behind(broker: Broker, socket: Socket) -> tuple[Subscription, list[Event]]:
+    """A subscriber with a sink, 20 events behind: they come from history, in pages."""
+    first = (await broker.say(ROOM, "alice", "s1", "first")).event
+    said = await say(broker, 20)
+    sub = broker.subscribe(ROOM, first.position)
+    sub.set_sink(socket, "sse")
+    return sub, said
+
+
 async def parked(broker: Broker, socket: Socket) -> tuple[Subscription, asyncio.Task[None]]:
     """A caught-up subscriber with a sink, its consumer parked."""
     first = (await broker.say(ROOM, "alice", "s1", "first")).event
@@ -114,10 +123,7 @@ async def test_sink_and_consumer_together_deliver_every_event_once_in_order(
     # room enough that a consumer busy for a few ms is never cut off as too slow
     broker = await backends.broker(max_pending=512, page=4)
     socket = Socket()
-    first = (await broker.say(ROOM, "alice", "s1", "first")).event
-    said = await say(broker, 20)
-    sub = broker.subscribe(ROOM, first.position)
-    sub.set_sink(socket, "sse")
+    sub, said = await behind(broker, socket)
     consumer = asyncio.create_task(consume(sub, socket, busy=0.003))
     said += await say_in_bits(broker)
     await eventually(lambda: len(socket.ids) >= len(said) or consumer.done())
@@ -271,10 +277,7 @@ async def test_a_callback_driven_subscriber_gets_every_event_once_in_order(
 ) -> None:
     broker = await backends.broker(max_pending=512, page=4)
     socket = Socket()
-    first = (await broker.say(ROOM, "alice", "s1", "first")).event
-    said = await say(broker, 20)
-    sub = broker.subscribe(ROOM, first.position)
-    sub.set_sink(socket, "sse")
+    sub, said = await behind(broker, socket)
     pump = Pump(sub, socket, busy=0.003)
     said += await say_in_bits(broker)
     await eventually(lambda: len(socket.ids) >= len(said) or pump.error is not None)
