@@ -30,7 +30,14 @@ from typing import Literal, Protocol
 
 from chatroom.broker.backend import Backend, Draft, Stored
 from chatroom.broker.tasks import cancel_requested, stop_tasks
-from chatroom.core.events import Event, EventType, Position, encode_reset, sse_frame
+from chatroom.core.events import (
+    Event,
+    EventType,
+    Position,
+    encode_reset,
+    sse_frame,
+    ws_frame,
+)
 from chatroom.core.presence import LeftRoom, NicknameTaken
 from chatroom.core.validation import InvalidInput, validate_text
 from chatroom.observability import Throttled
@@ -50,7 +57,9 @@ class Reset:
 
     oldest: Position | None
     data: bytes
+    # its framings, as an Event carries them
     sse: bytes
+    ws: bytes
 
     # a reset carries no id of its own: a client must not resume from it
     id = None
@@ -58,7 +67,7 @@ class Reset:
     @classmethod
     def at(cls, oldest: Position | None) -> Reset:
         data = encode_reset(oldest)
-        return cls(oldest, data, sse_frame(None, data))
+        return cls(oldest, data, sse_frame(None, data), ws_frame(data))
 
 
 Delivery = Event | Reset

@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 
 from chatroom.broker import BackendUnavailable, Draft, SlowConsumer, Subscription
-from chatroom.core.events import Event, Position, read_cursor, ws_frame
+from chatroom.core.events import Position, read_cursor, ws_frame
 from chatroom.core.presence import LeftRoom, NicknameTaken
 from chatroom.core.validation import InvalidInput
 from chatroom.core.websocket import (
@@ -263,9 +263,7 @@ class _Socket(asyncio.Protocol):
                 if batch is None or self._close_sent or self._lost:
                     # caught up: the fan-out writes live events itself until _ready()
                     return
-                self.transport.write(
-                    b"".join([e.ws if isinstance(e, Event) else ws_frame(e.data) for e in batch])
-                )
+                self.transport.write(b"".join([d.ws for d in batch]))
                 if self._drained is not None:
                     await self._drained
         except StopAsyncIteration:
