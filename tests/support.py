@@ -119,6 +119,7 @@ from pathlib import Path  # noqa: E402
 import orjson  # noqa: E402
 from yarl import URL  # noqa: E402
 
+from chatroom.core.websocket import OP_TEXT  # noqa: E402
 from chatroom.web.security import COOKIE  # noqa: E402
 
 __all__ += [
@@ -126,7 +127,9 @@ __all__ += [
     "SSEEvent",
     "SSEStream",
     "Thread",
+    "client_frame",
     "cookie_of",
+    "frame_header",
     "free_port",
     "history",
     "poll",
@@ -328,6 +331,53 @@ def thread_messages(page: str) -> list[tuple[str, str, str]]:
     return parser.messages
 
 
+# --- WebSocket frames as a client sends them ----------------------------------------
+
+
+def frame_header(
+    opcode: int,
+    length: int,
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    masked: bool = True,
+    form: int | None = None,
+) -> bytes:
+    """A frame's first bytes up to (not including) the mask key.
+
+    `form` forces the length field: 126 (16 bits), 127 (64 bits) or None (the shortest).
+    """
+    if form is None:
+        form = length if length < 126 else 126 if length < 1 << 16 else 127
+    b0 = (0x80 if fin else 0) | rsv | opcode
+    b1 = (0x80 if masked else 0) | form
+    if form == 126:
+        return bytes((b0, b1)) + length.to_bytes(2, "big")
+    if form == 127:
+        return bytes((b0, b1)) + length.to_bytes(8, "big")
+    assert form == length
+    return bytes((b0, b1))
+
+
+def client_frame(
+    payload: bytes,
+    opcode: int = OP_TEXT,
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    masked: bool = True,
+    mask: bytes | None = None,
+    form: int | None = None,
+) -> bytes:
+    """One frame as a client sends it: masked with a random key unless told otherwise."""
+    head = frame_header(opcode, len(payload), fin=fin, rsv=rsv, masked=masked, form=form)
+    if not masked:
+        return head + payload
+    key = os.urandom(4) if mask is None else mask
+    assert len(key) == 4
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
 class RawWebSocket:
     """A WebSocket client written by hand, to send what a polite client never would."""
 
@@ -387,17 +437,7 @@ class RawWebSocket:
     @staticmethod
     def frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
         """One masked client frame, as bytes (to send several in one write)."""
-        first = (0x80 if fin else 0) | opcode
-        size = len(payload)
-        if size < 126:
-            header = struct.pack("!BB", first, 0x80 | size)
-        elif size < 1 << 16:
-            header = struct.pack("!BBH", first, 0x80 | 126, size)
-        else:
-            header = struct.pack("!BBQ", first, 0x80 | 127, size)
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        return header + mask + masked
+        return client_frame(payload, opcode, fin=fin)
 
     async def read_frame(self) -> tuple[int, bytes]:
         """(opcode, payload) of the next frame from the server (never masked)."""

@@ -31,54 +31,11 @@ from chatroom.core.websocket import (
     control_frame,
     parse_close,
 )
+from tests.support import client_frame, frame_header
 
 Output = list[tuple[int, str | bytes]]
 
 LIMIT = 1 << 20
-
-
-def header(
-    opcode: int,
-    length: int,
-    *,
-    fin: bool = True,
-    rsv: int = 0,
-    masked: bool = True,
-    form: int | None = None,
-) -> bytes:
-    """A frame's first bytes up to (not including) the mask key.
-
-    `form` forces the length field: 126 (16 bits), 127 (64 bits) or None (the shortest).
-    """
-    if form is None:
-        form = length if length < 126 else 126 if length < 1 << 16 else 127
-    b0 = (0x80 if fin else 0) | rsv | opcode
-    b1 = (0x80 if masked else 0) | form
-    if form == 126:
-        return bytes((b0, b1)) + length.to_bytes(2, "big")
-    if form == 127:
-        return bytes((b0, b1)) + length.to_bytes(8, "big")
-    assert form == length
-    return bytes((b0, b1))
-
-
-def client_frame(
-    payload: bytes,
-    opcode: int = OP_TEXT,
-    *,
-    fin: bool = True,
-    rsv: int = 0,
-    masked: bool = True,
-    mask: bytes | None = None,
-    form: int | None = None,
-) -> bytes:
-    """One frame as a client sends it: masked with a random key unless told otherwise."""
-    head = header(opcode, len(payload), fin=fin, rsv=rsv, masked=masked, form=form)
-    if not masked:
-        return head + payload
-    key = os.urandom(4) if mask is None else mask
-    assert len(key) == 4
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
 def text(message: str) -> bytes:
@@ -231,7 +188,7 @@ def test_frames_agree_with_the_bench_client(size: int) -> None:
     payload = printable(size)
     ours = client_frame(payload)
     bench = mask_frame(payload)
-    head = len(header(OP_TEXT, size))
+    head = len(frame_header(OP_TEXT, size))
     assert len(bench) == len(ours)
     assert bench[:head] == ours[:head]
     assert feed_once(bench) == feed_once(ours) == [(OP_TEXT, payload.decode())]
@@ -542,12 +499,12 @@ def test_each_message_has_the_whole_limit() -> None:
 @pytest.mark.parametrize("length", [11, 126, 65535, 65536, 2**40, 2**63 - 1])
 def test_a_big_frame_is_refused_from_its_header_alone(length: int) -> None:
     # no mask key, no payload: only the header has arrived
-    error = refused(header(OP_TEXT, length), max_message=10)
+    error = refused(frame_header(OP_TEXT, length), max_message=10)
     assert error.code == 1009
 
 
 def test_the_huge_header_is_refused_on_its_last_byte_not_before() -> None:
-    head = header(OP_TEXT, 2**40)
+    head = frame_header(OP_TEXT, 2**40)
     assert len(head) == 10
     parser = FrameParser(1000)
     for i in range(9):
@@ -562,7 +519,7 @@ def test_a_later_fragment_over_the_limit_is_refused_from_its_header() -> None:
     assert parser.feed(client_frame(b"x" * 60, OP_TEXT, fin=False)) == []
     assert parser.feed(client_frame(b"b", OP_PING)) == [(OP_PING, b"b")]
     with pytest.raises(ProtocolError) as caught:
-        parser.feed(header(OP_CONTINUATION, 41))
+        parser.feed(frame_header(OP_CONTINUATION, 41))
     assert caught.value.code == 1009
 
 
@@ -580,7 +537,7 @@ def test_a_binary_frame_is_refused_with_1003() -> None:
 
 
 def test_a_binary_first_fragment_is_refused_with_1003_from_its_header() -> None:
-    assert refused(header(OP_BINARY, 5, fin=False)).code == 1003
+    assert refused(frame_header(OP_BINARY, 5, fin=False)).code == 1003
 
 
 UNMASKED = [
@@ -643,7 +600,7 @@ def test_a_fragmented_control_frame_is_refused_with_1002(opcode: int) -> None:
 def test_a_control_frame_over_125_bytes_is_refused_with_1002_from_its_header(
     opcode: int, length: int, form: int | None
 ) -> None:
-    error = refused(header(opcode, length, form=form))
+    error = refused(frame_header(opcode, length, form=form))
     assert error.code == 1002
     assert "125" in error.reason
 
@@ -687,12 +644,12 @@ def test_a_binary_frame_inside_a_fragmented_message_is_refused_with_1003() -> No
 @pytest.mark.parametrize("length", [2**63, 2**63 + 5, 2**64 - 1])
 def test_a_64_bit_length_with_the_top_bit_set_is_refused_with_1002(length: int) -> None:
     # a limit that would not refuse it, so the length itself is what is refused
-    error = refused(header(OP_TEXT, length), max_message=2**65)
+    error = refused(frame_header(OP_TEXT, length), max_message=2**65)
     assert error.code == 1002
 
 
 def test_the_largest_64_bit_length_waits_for_its_payload() -> None:
-    assert FrameParser(2**65).feed(header(OP_TEXT, 2**63 - 1) + os.urandom(4)) == []
+    assert FrameParser(2**65).feed(frame_header(OP_TEXT, 2**63 - 1) + os.urandom(4)) == []
 
 
 # every violation, refused whether the stream comes at once or a byte at a time
@@ -703,19 +660,19 @@ VIOLATIONS = [
     ("opcode 0x3", client_frame(b"", 0x3), 1002),
     ("opcode 0xb", client_frame(b"", 0xB), 1002),
     ("fragmented ping", client_frame(b"", OP_PING, fin=False), 1002),
-    ("long ping", header(OP_PING, 126), 1002),
+    ("long ping", frame_header(OP_PING, 126), 1002),
     ("orphan continuation", client_frame(b"c", OP_CONTINUATION), 1002),
     (
         "text inside a message",
         client_frame(b"a", fin=False) + client_frame(b"b"),
         1002,
     ),
-    ("top bit", header(OP_TEXT, 2**63), 1002),
+    ("top bit", frame_header(OP_TEXT, 2**63), 1002),
     ("invalid UTF-8", client_frame(b"\xc3\x28"), 1007),
-    ("too big", header(OP_TEXT, 101), 1009),
+    ("too big", frame_header(OP_TEXT, 101), 1009),
     (
         "too big in fragments",
-        client_frame(b"a" * 60, fin=False) + header(OP_CONTINUATION, 41),
+        client_frame(b"a" * 60, fin=False) + frame_header(OP_CONTINUATION, 41),
         1009,
     ),
 ]
