@@ -12,12 +12,21 @@ from aiohttp import web
 from chatroom.app import create_app
 from chatroom.broker import Backend, Broker
 from chatroom.config import Settings
+from chatroom.web.server import GuardedRunner, listen
 from chatroom.web.state import Chat, chat_key
 from tests.redis_server import free_port
 
-__all__ = ["SECRET", "Server", "login", "new_client", "start_server"]
+__all__ = ["SECRET", "UNLIMITED", "Server", "login", "new_client", "start_server"]
 
-SECRET = b"test-secret-not-for-production"
+SECRET = b"test-secret-not-for-production-0123456789"
+
+
+# Settings that lift the rate limits, for tests whose subject is not them.
+UNLIMITED: dict[str, Any] = {
+    "rate_limit": 1e6, "rate_burst": 1e6, "address_rate_limit": 1e6,
+    "address_rate_burst": 1e6, "demo_rate_limit": 1e6, "demo_rate_burst": 1e6,
+    "room_rate_limit": 1e6, "room_rate_burst": 1e6,
+}
 
 
 @dataclass
@@ -49,15 +58,9 @@ async def start_server(
     """Serve the app on 127.0.0.1 on a free port."""
     settings = Settings(backend=backend_url, secret=SECRET, port=0, **overrides)
     app = create_app(settings, backend=backend)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    runner = GuardedRunner(app, settings, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server
-    assert server is not None
-    sockets = getattr(server, "sockets", None)
-    assert sockets
-    port = int(sockets[0].getsockname()[1])
+    _, port = await listen(runner, "127.0.0.1", 0)
     return Server(f"http://127.0.0.1:{port}", app, runner, port)
 
 

@@ -13,14 +13,14 @@ import jinja2
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from chatroom.broker import Backend, BackendUnavailable, Broker, open_backend
+from chatroom.broker import Backend, Broker, open_backend
 from chatroom.config import Settings
-from chatroom.core.presence import LeftRoom, NicknameTaken
-from chatroom.core.validation import InvalidInput
 from chatroom.transports import longpoll, sse, websocket
 from chatroom.web import api, pages
-from chatroom.web.security import RateLimiter, SessionSigner
-from chatroom.web.state import Chat, NoSession, chat_key, json_error
+from chatroom.web.edge import ConnectionGate, Edge, answer, policy_of
+from chatroom.web.security import Networks, SessionSigner
+from chatroom.web.server import ConnectionGuard, guard_key, request_started
+from chatroom.web.state import Chat, Limits, chat_key, refusal_response
 
 __all__ = ["create_app"]
 
@@ -32,45 +32,61 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn the domain's refusals into clear answers; log the unexpected once."""
+async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The edge's checks, then the handler; every refusal answered from one table.
+
+    A streaming connection's place under the caps is given back when its handler ends,
+    unless the handler kept it (a WebSocket outlives its handler).
+    """
+    request_started(request)
+    chat = request.app[chat_key]
+    route = policy_of(request)
     try:
-        return await handler(request)
-    except InvalidInput as exc:
-        return json_error(400, "invalid", exc.reason, field=exc.field)
-    except NicknameTaken as exc:
-        return json_error(409, "nickname_taken", str(exc))
-    except LeftRoom as exc:
-        return json_error(410, "left", str(exc))
-    except NoSession as exc:
-        return json_error(401, "no_session", str(exc))
-    except BackendUnavailable as exc:
-        request.app[chat_key].problems.warning(
-            "backend", "backend unavailable (%s %s): %s", request.method, request.path, exc
-        )
-        return json_error(503, "unavailable", str(exc))
+        result = await chat.edge.check(request, route)
+        try:
+            return await handler(request)
+        finally:
+            ticket = result.ticket
+            if ticket is not None and not ticket.kept:
+                ticket.release()
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        refused = answer(exc)
+        if refused is None:
+            raise
+        if refused.status == 503:
+            chat.problems.warning(
+                "backend", "backend unavailable (%s %s): %s", request.method, request.path, exc
+            )
+        if route.render != "json":
+            return await pages.render_refusal(request, refused, route.render)
+        return refusal_response(refused)
 
 
-@web.middleware
-async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
-    if not response.prepared:
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; "
-            "script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
-        )
-    return response
+_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response, whatever made it: handlers, redirects, 404, 405, 413, 500."""
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Content-Security-Policy", _CSP)
+    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    if request.app[chat_key].settings.secure_cookies:
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
 
 
 def create_app(settings: Settings, backend: Backend | None = None) -> web.Application:
     """Build the app. The backend comes from settings.backend unless one is handed in."""
-    app = web.Application(
-        middlewares=[headers, errors], client_max_size=settings.max_body
-    )
+    app = web.Application(middlewares=[edge], client_max_size=settings.max_body)
+    app[guard_key] = ConnectionGuard(settings.header_timeout)
+    app.on_response_prepare.append(_security_headers)
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(_WEB / "templates"),
         autoescape=True,
@@ -87,11 +103,27 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
             presence_ttl=settings.presence_ttl,
         )
         await broker.start()
+        signer = SessionSigner(
+            settings.secret, settings.old_secrets, max_age=settings.session_max_age
+        )
         chat = Chat(
             settings=settings,
             broker=broker,
-            signer=SessionSigner(settings.secret),
-            limiter=RateLimiter(settings.rate, settings.burst),
+            signer=signer,
+            limits=Limits.from_settings(settings),
+            edge=Edge(
+                hosts=settings.hosts(),
+                allowed_origins=settings.allowed_origins,
+                proxies=Networks(settings.trusted_proxies),
+                verify_session=signer.verify,
+                csrf_ok=signer.csrf_ok,
+                gate=ConnectionGate(
+                    settings.max_connections,
+                    settings.max_connections_per_address,
+                    settings.max_connections_per_session,
+                    settings.fd_reserve,
+                ),
+            ),
             templates=templates,
         )
         app[chat_key] = chat

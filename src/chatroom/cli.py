@@ -1,4 +1,4 @@
-"""`chatroom serve`: flags, each with a CHATROOM_* environment variable as its default."""
+"""The `chatroom` command: `serve` runs the chat server, `bench` measures it."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-
-from aiohttp import web
+from dataclasses import Field, fields
+from typing import Any
 
 from chatroom.app import create_app
-from chatroom.broker.registry import DEFAULT_BACKEND, is_shared
-from chatroom.config import Settings, load_secret
+from chatroom.broker.registry import is_shared
+from chatroom.config import SecretError, Settings, load_secret
+from chatroom.web.server import GuardedRunner, listen
 
-__all__ = ["build_parser", "main", "serve", "settings_from"]
+__all__ = ["build_parser", "main", "serve", "settings_from", "worker_argv"]
 
 log = logging.getLogger("chatroom")
 
@@ -24,76 +25,109 @@ log = logging.getLogger("chatroom")
 SHUTDOWN_TIMEOUT = 4.0
 
 
-def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
-    def default(name: str, fallback: str) -> str:
-        return env.get(f"CHATROOM_{name}") or fallback
+def _flag(f: Field[Any]) -> str:
+    return str(f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
 
-    parser = argparse.ArgumentParser(prog="chatroom", description=__doc__)
+
+def _env(f: Field[Any]) -> str:
+    return str(f.metadata.get("env") or "CHATROOM_" + f.name.upper())
+
+
+def _kind(f: Field[Any]) -> type[Any]:
+    """The type of a setting's values: that of its default."""
+    default: Any = f.default
+    return type(default)
+
+
+def _settings_fields() -> list[Field[Any]]:
+    return [f for f in fields(Settings) if f.metadata.get("cli", True)]
+
+
+def _from_env(f: Field[Any], raw: str) -> Any:
+    """A setting's value from its environment variable; ValueError names the variable."""
+    kind = _kind(f)
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered not in _BOOLEANS:
+                raise ValueError(raw)
+            return _BOOLEANS[lowered]
+        if kind is tuple:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{_env(f)}={raw!r} is not a valid {kind.__name__}") from None
+
+
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
+             "0": False, "false": False, "no": False, "off": False, "": False}
+
+
+def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    """`chatroom serve` and `chatroom bench`; serve's flags come from the Settings fields."""
+    parser = argparse.ArgumentParser(
+        prog="chatroom",
+        description="A real-time chat server: Active Refresh, Long Polling, WebSocket and "
+        "Server-Sent Events in one room.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="run the chat server")
+    serve_cmd = commands.add_parser(
+        "serve",
+        help="run the chat server",
+        description="Run the chat server. Each flag's environment variable (shown in "
+        "brackets) is its default.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in _settings_fields():
+        default = f.default
+        raw = env.get(_env(f))
+        if raw is not None:
+            default = _from_env(f, raw)
+        help_text = f"{f.metadata['help']} [{_env(f)}]"
+        kind = _kind(f)
+        if kind is bool:
+            serve_cmd.add_argument(
+                _flag(f), dest=f.name, action=argparse.BooleanOptionalAction,
+                default=default, help=help_text,
+            )
+        elif kind is tuple:
+            serve_cmd.add_argument(
+                _flag(f), dest=f.name, action="append", default=None,
+                help=help_text + " (repeatable)",
+            )
+            serve_cmd.set_defaults(**{f"{f.name}_env": default})
+        else:
+            serve_cmd.add_argument(
+                _flag(f), dest=f.name, type=kind, default=default, metavar=f.name.upper(),
+                help=help_text,
+            )
     serve_cmd.add_argument(
-        "--host", default=default("HOST", "127.0.0.1"), help="address to bind (CHATROOM_HOST)"
+        "--secret", default=None,
+        help="cookie signing secret, at least 32 bytes; every node of one chat must share "
+        "it [CHATROOM_SECRET] (default: read from --secret-file)",
     )
     serve_cmd.add_argument(
-        "--port", type=int, default=int(default("PORT", "9000")), help="port (CHATROOM_PORT)"
+        "--secret-file", default=env.get("CHATROOM_SECRET_FILE", ".chatroom-secret"),
+        help="where the secret is kept, generated on first start (mode 600) "
+        "[CHATROOM_SECRET_FILE]",
     )
     serve_cmd.add_argument(
-        "--backend",
-        default=default("BACKEND", DEFAULT_BACKEND),
-        help="sqlite:///path (default), memory:// or redis://host:port/db (CHATROOM_BACKEND)",
+        "--old-secret", action="append", default=None,
+        help="an earlier secret: cookies it signed still verify, so secrets can be rotated "
+        "(repeatable) [CHATROOM_OLD_SECRETS, comma-separated]",
     )
     serve_cmd.add_argument(
-        "--secret",
-        default=default("SECRET", ""),
-        help="cookie signing secret; every node of one chat must share it (CHATROOM_SECRET)",
-    )
-    serve_cmd.add_argument(
-        "--secret-file",
-        default=default("SECRET_FILE", ".chatroom-secret"),
-        help="where the secret is kept when --secret is not given (CHATROOM_SECRET_FILE)",
-    )
-    serve_cmd.add_argument(
-        "--retention",
-        type=int,
-        default=int(default("RETENTION", "10000")),
-        help="events kept per room (CHATROOM_RETENTION)",
-    )
-    serve_cmd.add_argument(
-        "--allowed-origin",
-        action="append",
-        default=[o for o in default("ALLOWED_ORIGINS", "").split(",") if o],
-        help="another origin allowed to open sockets and POST (CHATROOM_ALLOWED_ORIGINS)",
-    )
-    serve_cmd.add_argument(
-        "--secure-cookies",
-        action="store_true",
-        default=default("SECURE_COOKIES", "") in ("1", "true", "yes"),
-        help="mark the session cookie Secure, behind HTTPS (CHATROOM_SECURE_COOKIES)",
-    )
-    serve_cmd.add_argument(
-        "--workers",
-        type=int,
-        default=int(default("WORKERS", "1")),
+        "--workers", type=int, default=int(env.get("CHATROOM_WORKERS") or 1),
         help="processes serving one port (SO_REUSEPORT); needs a shared backend such as "
-        "redis:// (CHATROOM_WORKERS)",
+        "redis:// [CHATROOM_WORKERS]",
     )
     serve_cmd.add_argument(
-        "--rate-limit",
-        type=float,
-        default=float(default("RATE_LIMIT", "5")),
-        help="messages a second one session may say (CHATROOM_RATE_LIMIT)",
-    )
-    serve_cmd.add_argument(
-        "--rate-burst",
-        type=float,
-        default=float(default("RATE_BURST", "10")),
-        help="messages one session may say at once (CHATROOM_RATE_BURST)",
+        "--log-level", default=env.get("CHATROOM_LOG_LEVEL") or "INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+        help="one line per start, stop and error [CHATROOM_LOG_LEVEL]",
     )
     # set by the --workers supervisor for each worker it starts
     serve_cmd.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
-    serve_cmd.add_argument(
-        "--log-level", default=default("LOG_LEVEL", "INFO"), help="(CHATROOM_LOG_LEVEL)"
-    )
     bench_cmd = commands.add_parser(
         "bench", help="measure fan-out: deliveries/s, latency, CPU per delivery"
     )
@@ -103,32 +137,66 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     return parser
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    if args.retention < 1:
-        raise ValueError("--retention must be at least 1")
-    if args.rate_limit <= 0 or args.rate_burst < 1:
-        raise ValueError("--rate-limit must be above 0 and --rate-burst at least 1")
-    return Settings(
-        host=args.host,
-        port=args.port,
-        backend=args.backend,
-        secret=load_secret(args.secret, args.secret_file),
-        retention=args.retention,
-        allowed_origins=tuple(args.allowed_origin),
-        secure_cookies=args.secure_cookies,
-        rate=args.rate_limit,
-        burst=args.rate_burst,
+def settings_from(
+    args: argparse.Namespace, env: Mapping[str, str] = os.environ
+) -> tuple[Settings, list[str]]:
+    """Settings from parsed flags, and warnings to log.
+
+    Raises ValueError (or SecretError) with a one-line reason for a value out of range.
+    """
+    values: dict[str, Any] = {}
+    for f in _settings_fields():
+        value = getattr(args, f.name)
+        if _kind(f) is tuple:
+            value = tuple(value) if value is not None else getattr(args, f"{f.name}_env")
+        values[f.name] = value
+    given = args.secret if args.secret is not None else env.get("CHATROOM_SECRET")
+    secret, warnings = load_secret(
+        os.fsencode(given) if given else None, args.secret_file
     )
+    old = args.old_secret
+    if old is None:
+        old = [s for s in env.get("CHATROOM_OLD_SECRETS", "").split(",") if s]
+    return Settings(
+        secret=secret, old_secrets=tuple(os.fsencode(s).strip() for s in old), **values
+    ), warnings
+
+
+def worker_argv(settings: Settings, log_level: str) -> list[str]:
+    """A worker's `chatroom serve` command line: every setting that is not its default.
+
+    The secrets are not on it (a command line is visible to every user): they go in the
+    environment.
+    """
+    argv = [sys.executable, "-m", "chatroom", "serve", "--reuse-port", "--log-level", log_level]
+    for f in _settings_fields():
+        value = getattr(settings, f.name)
+        kind = _kind(f)
+        if kind is tuple:
+            for item in value:
+                argv += [_flag(f), item]
+        elif kind is bool:
+            argv.append(_flag(f) if value else "--no-" + _flag(f)[2:])
+        else:
+            argv += [_flag(f), str(value)]
+    return argv
+
+
+def worker_env(settings: Settings) -> dict[bytes, bytes]:
+    env = {k: v for k, v in os.environb.items() if not k.startswith(b"CHATROOM_")}
+    env[b"CHATROOM_SECRET"] = settings.secret
+    if settings.old_secrets:
+        env[b"CHATROOM_OLD_SECRETS"] = b",".join(settings.old_secrets)
+    return env
 
 
 async def serve(settings: Settings, reuse_port: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully within SHUTDOWN_TIMEOUT seconds."""
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    runner = GuardedRunner(app, settings, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
     try:
-        await site.start()
+        await listen(runner, settings.host, settings.port, reuse_port)
     except OSError as exc:
         await runner.cleanup()
         raise SystemExit(
@@ -184,19 +252,9 @@ def _run_workers(settings: Settings, workers: int, log_level: str) -> int:
     import subprocess
     import time
 
-    argv = [
-        sys.executable, "-m", "chatroom", "serve", "--reuse-port",
-        "--host", settings.host, "--port", str(settings.port),
-        "--backend", settings.backend, "--retention", str(settings.retention),
-        "--log-level", log_level,
-        "--rate-limit", str(settings.rate), "--rate-burst", str(settings.burst),
-    ]
-    for origin in settings.allowed_origins:
-        argv += ["--allowed-origin", origin]
-    if settings.secure_cookies:
-        argv.append("--secure-cookies")
+    argv = worker_argv(settings, log_level)
     # Every worker must sign cookies with the same secret.
-    env = {**os.environ, "CHATROOM_SECRET": settings.secret.decode("latin-1")}
+    env = worker_env(settings)
     stopping = False
 
     def start() -> subprocess.Popen[bytes]:
@@ -232,7 +290,12 @@ def _run_workers(settings: Settings, workers: int, log_level: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except ValueError as exc:
+        # a CHATROOM_* variable that is not a valid value
+        print(f"chatroom: {exc}", file=sys.stderr)
+        return 2
     _setup_logging(str(getattr(args, "log_level", "INFO")))
     if args.command == "bench":
         from chatroom.bench.run import main as bench_main
@@ -240,7 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(args)
     if args.command == "serve":
         try:
-            settings = settings_from(args)
+            settings, warnings = settings_from(args)
+            for warning in warnings:
+                log.warning("%s", warning)
             if args.workers < 1:
                 raise ValueError("--workers must be at least 1")
             if args.workers > 1:
@@ -252,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 return _run_workers(settings, args.workers, str(args.log_level))
             _run_one(settings, args.reuse_port, str(args.log_level))
-        except ValueError as exc:
+        except (ValueError, SecretError) as exc:
             print(f"chatroom: {exc}", file=sys.stderr)
             return 2
     return 0

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode
 from playwright.async_api import WebSocket
 
 from chatroom.app import create_app
 from chatroom.config import Settings
+from chatroom.web.server import GuardedRunner, listen
 from tests.browser.people import Enter, Person
 from tests.support import SECRET, Server, login
 
@@ -44,10 +45,11 @@ class Speaker:
 
 async def start_again(server: Server, database: Path) -> None:
     """Start a server that was stopped again: same port, same database."""
-    app = create_app(Settings(backend=f"sqlite:///{database}", secret=SECRET, port=0))
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    settings = Settings(backend=f"sqlite:///{database}", secret=SECRET, port=0)
+    app = create_app(settings)
+    runner = GuardedRunner(app, settings, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", server.port).start()
+    await listen(runner, "127.0.0.1", server.port)
     server.app, server.runner = app, runner
 
 

@@ -56,10 +56,9 @@ __all__ = [
     "wait_ready",
 ]
 
-SECRET = "cluster-test-secret"
+SECRET = "cluster-test-secret-0123456789abcdef"
 READY_WITHIN = 20.0
 STOP_WITHIN = 8.0
-_LAUNCHER = Path(__file__).with_name("_node.py")
 
 Frame = dict[str, Any]
 EVENT_TYPES = ("join", "leave", "message")
@@ -170,12 +169,8 @@ class Cluster:
         ]
         env: dict[str, str] = {}
         if presence_ttl is not None:
-            # the same serving code, with a presence TTL no flag offers (see _node.py)
-            assert workers is None, "the test launcher runs one process"
-            argv = [sys.executable, str(_LAUNCHER), *serve]
-            env["CHATROOM_TEST_PRESENCE_TTL"] = str(presence_ttl)
-        else:
-            argv = [sys.executable, "-m", "chatroom", *serve]
+            serve += ["--presence-ttl", str(presence_ttl)]
+        argv = [sys.executable, "-m", "chatroom", *serve]
         if workers is not None:
             argv += ["--workers", str(workers)]
         log_path = self.workdir / f"{name}.log"

@@ -98,7 +98,7 @@ async def test_workers_refuse_a_backend_that_lives_in_one_process(
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "chatroom", "serve", "--workers", "2",
         "--host", "127.0.0.1", "--port", str(free_port()),
-        "--backend", backend, "--secret", "s",
+        "--backend", backend, "--secret", "s" * 32,
         cwd=tmp_path,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support import (
+    UNLIMITED,
     RawWebSocket,
     Server,
     cookie_of,
@@ -47,7 +48,7 @@ OPS = st.lists(
 
 @pytest.fixture
 async def fast(tmp_path: Path) -> AsyncIterator[Server]:
-    async with serving(tmp_path, rate=10_000, burst=10_000) as server:
+    async with serving(tmp_path, **UNLIMITED) as server:
         yield server
 
 

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from tests.support import (
+    UNLIMITED,
     RawWebSocket,
     Server,
     cookie_of,
@@ -394,7 +395,7 @@ async def test_a_burst_is_stored_in_order_and_every_frame_answered_in_order(
 ) -> None:
     """Frames sent back to back are stored in runs (while one commits, the next
     gathers); order and the one-answer-per-frame rule hold whatever the runs."""
-    async with serving(tmp_path, rate=1e6, burst=1e6) as server, new_client() as client:
+    async with serving(tmp_path, **UNLIMITED) as server, new_client() as client:
         await login(client, server, "alice", demo="websocket")
         sent: list[str] = []
         async with open_ws(client, server) as ws:
@@ -421,7 +422,7 @@ async def test_a_burst_is_stored_in_order_and_every_frame_answered_in_order(
 
 
 async def test_what_a_socket_said_before_it_closed_is_stored(tmp_path: Path) -> None:
-    async with serving(tmp_path, rate=1e6, burst=1e6) as server, new_client() as client:
+    async with serving(tmp_path, **UNLIMITED) as server, new_client() as client:
         await login(client, server, "alice", demo="websocket")
         async with open_ws(client, server) as ws:
             for i in range(100):

@@ -182,4 +182,4 @@ async def test_security_headers(server: Server, client: aiohttp.ClientSession) -
     cookie = next(c for c in client.cookie_jar if c.key == "chatroom_session")
     assert cookie["httponly"]
     assert cookie["samesite"] == "Lax"
-    assert re.fullmatch(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", cookie.value)
+    assert re.fullmatch(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", cookie.value)

@@ -57,7 +57,7 @@ async def chatroom(tmp_path: Path) -> AsyncIterator[Process]:
         sys.executable, "-m", "chatroom", "serve",
         "--host", "127.0.0.1", "--port", str(port),
         "--backend", f"sqlite:///{tmp_path / 'chat.db'}",
-        "--secret", "s", "--log-level", "WARNING",
+        "--secret", "s" * 32, "--log-level", "WARNING",
         cwd=tmp_path,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,

@@ -164,9 +164,15 @@ def start_chatroom(backend: str, workers: int, port: int) -> Any:
 
     argv = [
         sys.executable, "-m", "chatroom", "serve", "--host", "127.0.0.1", "--port", str(port),
-        "--backend", backend, "--secret", "bench-secret", "--workers", str(workers),
-        # the publisher speaks for everyone: lift the per-session limit
-        "--rate-limit", "1000000", "--rate-burst", "1000000", "--log-level", "WARNING",
+        "--backend", backend, "--secret", "bench-secret-" + "0" * 32, "--workers", str(workers),
+        # the publisher speaks for everyone, and every subscriber comes from one address:
+        # lift the per-session and per-address limits
+        "--rate-limit", "1000000", "--rate-burst", "1000000",
+        "--address-rate-limit", "1000000", "--address-rate-burst", "1000000",
+        "--demo-rate-limit", "1000000", "--demo-rate-burst", "1000000",
+        "--max-connections", "100000", "--max-connections-per-address", "100000",
+        "--max-connections-per-session", "100000",
+        "--log-level", "WARNING",
     ]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
     _wait_ready(f"http://127.0.0.1:{port}")

@@ -543,6 +543,13 @@ class Broker:
         """Page back through a room's history: up to `limit` events before `before`."""
         return await self.backend.read_before(room, before, limit)
 
+    async def room_exists(self, room: str) -> bool:
+        """True when the room has history or present members (it was opened before)."""
+        if self._rooms.get(room) or await self.backend.presence.members(room):
+            return True
+        page = await self.backend.read_after(room, None, 1)
+        return page.head is not None
+
     def subscribers(self, room: str | None = None) -> int:
         if room is not None:
             return len(self._rooms.get(room, ()))

@@ -8,7 +8,9 @@ the same thread, so they never see a half-written batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -106,6 +108,10 @@ class SQLiteBackend:
         try:
             if self.path.parent != Path():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+            # It holds session ids: readable by its owner only (SQLite gives its -wal
+            # and -shm files the same mode).
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: a say answered is on disk, even if the machine loses power next.

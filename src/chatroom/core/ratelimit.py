@@ -29,3 +29,7 @@ class TokenBucket:
             self.tokens -= 1.0
             return 0.0
         return (1.0 - self.tokens) / self.rate
+
+    def give_back(self) -> None:
+        """Return one token taken by take() for something that was then refused."""
+        self.tokens = min(self.burst, self.tokens + 1.0)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Coroutine
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from chatroom.broker import Delivery, SlowConsumer
+from chatroom.broker import Delivery, SlowConsumer, Subscription
 from chatroom.core.events import read_cursor
 from chatroom.core.presence import LeftRoom
-from chatroom.web.pages import say_from_form
-from chatroom.web.state import chat_key, json_error, room_of
+from chatroom.web.edge import checked, policy
+from chatroom.web.saying import say
+from chatroom.web.server import gone
+from chatroom.web.state import chat_key
 
 __all__ = ["routes"]
 
@@ -26,50 +27,59 @@ def _json_array(batch: list[Delivery]) -> bytes:
 
 
 @routes.get("/longpolling/room/messages")
-async def poll(request: web.Request) -> web.Response:
+@policy(origin=True, session="required", room=True, stream="longpolling")
+async def wait_for_news(request: web.Request) -> web.Response:
+    """Answers the events after lastReceived, waiting up to longpoll_timeout for one;
+    answered at once if the client goes meanwhile."""
     chat = request.app[chat_key]
-    room = room_of(request)
-    session = chat.require_session(request)
+    edge = checked(request)
+    room, session = edge.room, edge.require_session()
     await chat.broker.poll(room, session.user, session.sid)
     cursor = read_cursor(request.query.get("lastReceived"))
     batch: list[Delivery] = []
     chat.connections["longpolling"] += 1
     try:
         async with chat.broker.subscribe(room, cursor, session=session.sid) as sub:
-            with contextlib.suppress(TimeoutError, StopAsyncIteration, SlowConsumer):
-                batch = await asyncio.wait_for(
-                    anext(sub), timeout=chat.settings.longpoll_timeout
-                )
+            batch = await _first(sub, gone(request), chat.settings.longpoll_timeout)
     finally:
         chat.connections["longpolling"] -= 1
     if sub.reason == "left":
-        return json_error(410, "left", str(LeftRoom(room, session.user)))
+        raise LeftRoom(room, session.user)
     response = web.Response(body=_json_array(batch), content_type="application/json")
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
+async def _first(
+    sub: Subscription, client_gone: Coroutine[Any, Any, None], wait: float
+) -> list[Delivery]:
+    """The subscription's next batch; [] on timeout, when it ends, or when the client goes."""
+    news = asyncio.ensure_future(anext(sub))
+    away = asyncio.ensure_future(client_gone)
+    try:
+        done, _ = await asyncio.wait({news, away}, timeout=wait,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (news, away):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(news, away, return_exceptions=True)
+    if news not in done:
+        return []
+    try:
+        return news.result()
+    except (StopAsyncIteration, SlowConsumer):
+        return []
+
+
 @routes.post("/longpolling/room/messages")
-async def say(request: web.Request) -> web.Response:
+@policy(origin=True, csrf=True, session="required", body=True, room=True)
+async def say_message(request: web.Request) -> web.Response:
     chat = request.app[chat_key]
-    room = room_of(request)
-    session = chat.require_session(request)
-    data: dict[str, Any]
-    if request.content_type == "application/json":
-        try:
-            parsed = orjson.loads(await request.read())
-        except orjson.JSONDecodeError as exc:
-            return json_error(400, "bad_json", f"the body is not valid JSON: {exc}")
-        if not isinstance(parsed, dict):
-            return json_error(400, "bad_json", 'send a JSON object: {"message": "..."}')
-        data = parsed
-    else:
-        data = dict(await request.post())
-    status, error, stored = await say_from_form(request, chat, session, room, data)
-    if error is not None:
-        codes = {
-            400: "invalid", 403: "forbidden", 409: "nickname_taken", 410: "left",
-            429: "rate_limited",
-        }
-        return json_error(status, codes.get(status, "error"), error)
+    edge = checked(request)
+    form = edge.form
+    stored = await say(
+        chat, edge.require_session(), edge.address, edge.room,
+        form.get("message"), form.get("client_id"),
+    )
     return web.Response(body=stored.event.data, content_type="application/json")

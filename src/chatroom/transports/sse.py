@@ -10,9 +10,10 @@ from aiohttp import web
 
 from chatroom.broker import BackendUnavailable, Delivery, SlowConsumer, Subscription
 from chatroom.core.events import read_cursor
-from chatroom.core.presence import NicknameTaken
-from chatroom.web.pages import new_conn_id
-from chatroom.web.state import chat_key, json_error, room_of
+from chatroom.web.edge import checked, policy
+from chatroom.web.saying import new_conn_id
+from chatroom.web.server import limit_send_buffer
+from chatroom.web.state import chat_key
 
 __all__ = ["routes"]
 
@@ -20,7 +21,6 @@ routes = web.RouteTableDef()
 
 # A client that takes longer than this to accept a write is stalled: end its stream.
 _WRITE_TIMEOUT = 30.0
-
 
 
 async def _next(sub: Subscription) -> list[Delivery] | None:
@@ -31,21 +31,17 @@ async def _next(sub: Subscription) -> list[Delivery] | None:
 
 
 @routes.get("/sse/room/events")
+@policy(origin=True, session="required", room=True, stream="sse")
 async def events(request: web.Request) -> web.StreamResponse:
     chat = request.app[chat_key]
-    room = room_of(request)
-    session = chat.require_session(request)
+    edge = checked(request)
+    room, session = edge.room, edge.require_session()
     cursor = read_cursor(
         request.headers.get("Last-Event-ID") or request.query.get("lastReceived")
     )
     conn = new_conn_id()
-    try:
-        await chat.broker.connect(room, session.user, session.sid, conn)
-    except NicknameTaken as exc:
-        return json_error(409, "nickname_taken", str(exc))
-    except BackendUnavailable as exc:
-        chat.problems.warning("backend", "SSE refused, backend unavailable: %s", exc)
-        return json_error(503, "unavailable", str(exc))
+    # refusals (NicknameTaken 409, LeftRoom 410, BackendUnavailable 503) are the edge's
+    await chat.broker.connect(room, session.user, session.sid, conn)
 
     response = web.StreamResponse(
         headers={
@@ -59,6 +55,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     pending: asyncio.Task[list[Delivery] | None] | None = None
     try:
         await response.prepare(request)
+        limit_send_buffer(request.transport, chat.settings.socket_send_buffer)
         # The browser's reconnect delay, jittered so a restart does not bring all back at once.
         await response.write(f"retry: {random.randint(1000, 4000)}\n\n".encode())
         async with chat.broker.subscribe(room, cursor, session=session.sid) as sub:

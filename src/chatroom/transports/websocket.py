@@ -26,7 +26,6 @@ from aiohttp import web
 from chatroom.broker import BackendUnavailable, Draft, SlowConsumer, Subscription
 from chatroom.core.events import Position, read_cursor, ws_frame
 from chatroom.core.presence import LeftRoom, NicknameTaken
-from chatroom.core.validation import InvalidInput
 from chatroom.core.websocket import (
     OP_CLOSE,
     OP_PING,
@@ -39,9 +38,11 @@ from chatroom.core.websocket import (
     control_frame,
     parse_close,
 )
-from chatroom.web.pages import new_conn_id
-from chatroom.web.security import Session, same_origin
-from chatroom.web.state import Chat, chat_key, json_error, room_of
+from chatroom.web.edge import Ticket, answer, checked, policy
+from chatroom.web.saying import draft, give_back, new_conn_id, take_turn
+from chatroom.web.security import Session
+from chatroom.web.server import limit_send_buffer
+from chatroom.web.state import Chat, chat_key, json_error
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -83,12 +84,11 @@ def _has_token(value: str, token: str) -> bool:
 
 
 @routes.get("/websocket/room/socket")
+@policy(origin=True, session="required", room=True, stream="websocket")
 async def socket(request: web.Request) -> web.StreamResponse:
     chat = request.app[chat_key]
-    room = room_of(request)
-    if not same_origin(request, chat.settings.allowed_origins):
-        return json_error(403, "bad_origin", "WebSocket from another origin refused")
-    session = chat.require_session(request)
+    edge = checked(request)
+    room, session = edge.room, edge.require_session()
     cursor = read_cursor(request.query.get("lastReceived"))
 
     headers = request.headers
@@ -115,7 +115,12 @@ async def socket(request: web.Request) -> web.StreamResponse:
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
         b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept.encode()
     )
-    sock = _Socket(chat, room, session, transport)
+    limit_send_buffer(transport, chat.settings.socket_send_buffer)
+    # the socket outlives this handler: it gives its place under the caps back at its end
+    ticket = edge.ticket
+    assert ticket is not None
+    ticket.kept = True
+    sock = _Socket(chat, room, session, edge.address, ticket, transport)
     # Take the connection off aiohttp: from now on its bytes come to `sock`. aiohttp
     # keeps any bytes a client sent behind its request (none, if it waited for the 101
     # as RFC 6455 says it must); they are the socket's first.
@@ -160,20 +165,30 @@ class _Socket(asyncio.Protocol):
         "_pump",
         "_said",
         "_saying",
+        "address",
         "chat",
         "conn",
         "room",
         "session",
         "sub",
+        "ticket",
         "transport",
     )
 
     def __init__(
-        self, chat: Chat, room: str, session: Session, transport: asyncio.Transport
+        self,
+        chat: Chat,
+        room: str,
+        session: Session,
+        address: str,
+        ticket: Ticket,
+        transport: asyncio.Transport,
     ) -> None:
         self.chat = chat
         self.room = room
         self.session = session
+        self.address = address
+        self.ticket = ticket
         self.transport = transport
         self.conn = new_conn_id()
         self.sub: Subscription | None = None
@@ -321,7 +336,7 @@ class _Socket(asyncio.Protocol):
             if opcode == OP_TEXT:
                 if not self._close_sent:
                     assert isinstance(payload, str)
-                    self._say(_parse(self.chat, self.session, payload))
+                    self._say(_parse(self.chat, self.session, self.address, payload))
             elif opcode == OP_PING:
                 assert isinstance(payload, bytes)
                 self._write(control_frame(OP_PONG, payload))
@@ -400,16 +415,16 @@ class _Socket(asyncio.Protocol):
         chat, session = self.chat, self.session
         try:
             stored = await chat.broker.say_many(self.room, session.user, session.sid, run)
-        except NicknameTaken as exc:
-            error, reason = "nickname_taken", str(exc)
-        except LeftRoom as exc:
-            error, reason = "left", str(exc)
-        except BackendUnavailable as exc:
-            error, reason = "unavailable", str(exc)
-        except Exception:
-            # a bug, not the client's doing: answer every message, keep the socket
-            log.exception("storing %d messages failed", len(run))
-            error, reason = "internal", "the server could not store this message: retry"
+        except Exception as exc:
+            refused = answer(exc)
+            if refused is not None:
+                error, reason = refused.code, refused.reason
+            else:
+                # a bug, not the client's doing: answer every message, keep the socket
+                log.exception("storing %d messages failed", len(run))
+                error, reason = "internal", "the server could not store this message: retry"
+            for _ in run:
+                give_back(chat, session, self.address)
         else:
             return [
                 _frame("ack", client_id=draft.client_id, id=s.event.id)
@@ -517,6 +532,7 @@ class _Socket(asyncio.Protocol):
             self._finished()
 
     def _finished(self) -> None:
+        self.ticket.release()
         self.chat.sockets.discard(self)
         if not self._ended.done():
             self._ended.set_result(None)
@@ -534,7 +550,7 @@ async def heartbeat(chat: Chat, every: float) -> None:
                     log.exception("websocket heartbeat failed for one socket")
 
 
-def _parse(chat: Chat, session: Session, raw: str) -> Draft | str:
+def _parse(chat: Chat, session: Session, address: str, raw: str) -> Draft | str:
     """One frame the client sent: the message to store, or the error frame to answer."""
     try:
         payload = orjson.loads(raw)
@@ -553,16 +569,15 @@ def _parse(chat: Chat, session: Session, raw: str) -> Draft | str:
     else:
         return _frame("error", error="bad_frame", reason='send {"text": "...", "client_id": "..."}')
     cid = client_id if isinstance(client_id, str) else None
-    wait = chat.limiter.check(session.sid)
-    if wait > 0:
-        return _frame(
-            "error",
-            error="rate_limited",
-            reason=f"too many messages: wait {wait:.1f} s and send again",
-            client_id=cid,
-            retry_after=round(wait, 2),
-        )
     try:
-        return chat.broker.draft(session.user, session.sid, text, client_id)
-    except InvalidInput as exc:
-        return _frame("error", error="invalid", reason=exc.reason, client_id=cid)
+        message = draft(chat, session, text, client_id)
+        take_turn(chat, session, address)
+    except Exception as exc:
+        refused = answer(exc)
+        if refused is None:
+            raise
+        fields: dict[str, Any] = {"client_id": cid}
+        if refused.retry_after is not None:
+            fields["retry_after"] = round(refused.retry_after, 2)
+        return _frame("error", error=refused.code, reason=refused.reason, **fields)
+    return message

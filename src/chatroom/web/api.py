@@ -13,7 +13,8 @@ from prometheus_client.registry import Collector
 
 from chatroom.broker import BackendUnavailable
 from chatroom.core.events import read_cursor
-from chatroom.web.state import TECHNIQUES, Chat, chat_key, json_error, room_of
+from chatroom.web.edge import checked, policy
+from chatroom.web.state import TECHNIQUES, Chat, chat_key, json_error
 
 __all__ = ["ChatCollector", "routes"]
 
@@ -34,9 +35,10 @@ async def rooms(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/rooms/{room}/history")
+@policy(room=True)
 async def history(request: web.Request) -> web.Response:
     chat = request.app[chat_key]
-    room = room_of(request)
+    room = checked(request).room
     raw_limit = request.query.get("limit", "50")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_HISTORY:
         return json_error(400, "bad_limit", f"limit must be a number from 1 to {MAX_HISTORY}")
@@ -51,18 +53,21 @@ async def history(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/rooms/{room}/presence")
+@policy(room=True)
 async def presence(request: web.Request) -> web.Response:
     chat = request.app[chat_key]
-    room = room_of(request)
+    room = checked(request).room
     return _json({"room": room, "members": await chat.broker.members(room)})
 
 
 @routes.get("/healthz")
+@policy(host=False)
 async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
 @routes.get("/readyz")
+@policy(host=False)
 async def readyz(request: web.Request) -> web.Response:
     chat = request.app[chat_key]
     if chat.broker.closing:

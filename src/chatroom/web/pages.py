@@ -1,22 +1,37 @@
-"""HTML pages: welcome, /demo (claim a nickname), the room pages, Active Refresh, leave."""
+"""HTML pages: welcome, /demo (claim a nickname), the room pages, Active Refresh, leave.
+
+Every request has passed the edge (`chatroom.web.edge`) before a handler here runs:
+its host, origin, CSRF token, session and room are checked, and its form parsed.
+"""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
-from chatroom.core.presence import LeftRoom, NicknameTaken
+from chatroom.core.presence import NicknameTaken
 from chatroom.core.validation import InvalidInput, validate_nickname, validate_room
-from chatroom.web.security import COOKIE, Session
-from chatroom.web.state import TECHNIQUES, Chat, chat_key, require_post_allowed, room_of
+from chatroom.web.edge import Refused, checked, checked_so_far, policy
+from chatroom.web.saying import say
+from chatroom.web.security import COOKIE
+from chatroom.web.state import TECHNIQUES, Chat, chat_key
 
-__all__ = ["routes"]
+__all__ = ["WELCOME_ERRORS", "render_refusal", "routes"]
 
 routes = web.RouteTableDef()
 
 _HTML = "text/html"
+
+# What the welcome page may be sent to say (?error=CODE): codes only, never text.
+WELCOME_ERRORS: dict[str, str] = {
+    "nickname": "pick a nickname first",
+    "taken": "that nickname is in use in this room: pick another",
+    "left": "you left this room: enter it again below",
+    "cross_site": "you followed a link from another site: check the room and press Enter",
+    "session": "your session has expired: pick a nickname again",
+}
 
 
 def _render(chat: Chat, name: str, status: int = 200, **context: Any) -> web.Response:
@@ -24,6 +39,10 @@ def _render(chat: Chat, name: str, status: int = 200, **context: Any) -> web.Res
     response = web.Response(text=body, content_type=_HTML, status=status)
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _form_value(value: object, default: str, limit: int) -> str:
+    return value[:limit] if isinstance(value, str) else default
 
 
 async def _welcome(
@@ -40,31 +59,64 @@ async def _welcome(
         status,
         error=error,
         rooms=await chat.broker.rooms(),
-        form={"user": user, "room": room, "demo": demo},
+        form={"user": user, "room": room, "demo": demo if demo in TECHNIQUES else "websocket"},
     )
 
 
+def _to_welcome(room: str, technique: str, code: str) -> web.HTTPSeeOther:
+    query = urlencode({"room": room, "demo": technique, "error": code})
+    return web.HTTPSeeOther(f"/?{query}")
+
+
+def _valid_room(raw: str | None) -> str:
+    try:
+        return validate_room(raw)
+    except InvalidInput:
+        return "lobby"
+
+
 @routes.get("/")
+@policy(session="optional")
 async def welcome(request: web.Request) -> web.Response:
     chat = request.app[chat_key]
-    session = chat.session(request)
+    session = checked(request).session
+    code = request.query.get("error")
     return await _welcome(
         chat,
-        error=request.query.get("error"),
+        error=WELCOME_ERRORS.get(code) if code else None,
         user=session.user if session else "",
-        room=request.query.get("room", "lobby"),
+        room=_valid_room(request.query.get("room")),
         demo=request.query.get("demo", "websocket"),
     )
 
 
+async def _allow_room(chat: Chat, room: str, address: str) -> None:
+    """Opening a room that does not exist yet takes a turn of the address's room rate."""
+    if await chat.broker.room_exists(room):
+        return
+    wait = chat.limits.new_room.check(address)
+    if wait > 0:
+        raise Refused(
+            429, "rate_limited",
+            f"too many new rooms from your address: wait {wait:.0f} s, or join a room in use",
+            retry_after=wait,
+        )
+
+
 @routes.get("/demo")
+@policy(session="optional")
 async def demo(request: web.Request) -> web.StreamResponse:
     """Claim a nickname in a room, set the signed session cookie, go to the room page."""
     chat = request.app[chat_key]
+    edge = checked(request)
     raw_user = request.query.get("user", "")
     raw_room = request.query.get("room", "lobby")
     technique = request.query.get("demo", "websocket")
     form = {"user": raw_user[:64], "room": raw_room[:80], "demo": technique}
+    if edge.cross_site:
+        # Login CSRF: another site may not sign this browser in, nor pick its room. The
+        # invitation still works: the welcome page, with the room filled in.
+        raise _to_welcome(_valid_room(raw_room), technique, "cross_site")
     if technique not in TECHNIQUES:
         return await _welcome(chat, 400, "choose one of the four techniques", **form)
     try:
@@ -72,7 +124,17 @@ async def demo(request: web.Request) -> web.StreamResponse:
         room = validate_room(raw_room)
     except InvalidInput as exc:
         return await _welcome(chat, 400, exc.reason, **form)
-    current = chat.session(request)
+    wait = chat.limits.demo.check(edge.address)
+    if wait > 0:
+        return await _welcome(
+            chat, 429, f"too many nicknames claimed from your address: wait {wait:.0f} s",
+            **form,
+        )
+    try:
+        await _allow_room(chat, room, edge.address)
+    except Refused as refused:
+        return await _welcome(chat, refused.status, refused.reason, **form)
+    current = edge.session
     session = current if current and current.user == user else chat.signer.new_session(user)
     try:
         await chat.broker.claim(room, user, session.sid)
@@ -91,15 +153,9 @@ async def demo(request: web.Request) -> web.StreamResponse:
         samesite="Lax",
         secure=chat.settings.secure_cookies,
         path="/",
+        max_age=int(chat.settings.session_max_age),
     )
     raise response
-
-
-def _to_welcome(room: str, technique: str, error: str) -> web.HTTPSeeOther:
-    from urllib.parse import urlencode
-
-    query = urlencode({"room": room, "demo": technique, "error": error})
-    return web.HTTPSeeOther(f"/?{query}")
 
 
 async def _room_page(
@@ -109,24 +165,24 @@ async def _room_page(
     status: int = 200,
     error: str | None = None,
     draft: str = "",
+    enter: bool = True,
 ) -> web.Response:
+    """A room page. `enter`: the view keeps a poller present (the refresh page reloads
+    every 5 s); a page re-rendered to show a refusal changes nothing."""
     chat = request.app[chat_key]
-    try:
-        room = room_of(request)
-    except InvalidInput as exc:
-        return await _welcome(chat, 400, exc.reason, demo=technique)
-    session = chat.session(request)
+    edge = checked(request)
+    room = edge.room
+    session = edge.session
     if session is None:
-        raise _to_welcome(room, technique, "pick a nickname first")
-    try:
-        # Any page view keeps a poller present (the refresh page reloads every 5 s).
-        await chat.broker.poll(room, session.user, session.sid)
-    except NicknameTaken:
-        raise _to_welcome(
-            room, technique, f"the nickname {session.user!r} is in use in room {room!r}"
-        ) from None
-    except LeftRoom as exc:
-        raise _to_welcome(room, technique, str(exc)) from None
+        raise _to_welcome(room, technique, "nickname")
+    if enter:
+        if edge.cross_site:
+            raise _to_welcome(room, technique, "cross_site")
+        await _allow_room(chat, room, edge.address)
+        try:
+            await chat.broker.poll(room, session.user, session.sid)
+        except NicknameTaken:
+            raise _to_welcome(room, technique, "taken") from None
     events, head = await chat.broker.recent(room)
     return _render(
         chat,
@@ -146,6 +202,7 @@ async def _room_page(
 
 
 def _page_route(technique: str) -> None:
+    @policy(session="optional", room=True, render="welcome")
     async def page(request: web.Request) -> web.Response:
         return await _room_page(request, technique)
 
@@ -157,69 +214,50 @@ for _technique in TECHNIQUES:
     _page_route(_technique)
 
 
-async def say_from_form(
-    request: web.Request, chat: Chat, session: Session, room: str, data: dict[str, Any]
-) -> tuple[int, str | None, Any]:
-    """Shared by the refresh form and the long-poll POST: (status, error, stored or None)."""
-    refusal = require_post_allowed(request, chat, session, data.get("csrf"))
-    if refusal is not None:
-        return 403, refusal, None
-    wait = chat.limiter.check(session.sid)
-    if wait > 0:
-        return 429, f"too many messages: wait {wait:.1f} s and send again", None
-    try:
-        stored = await chat.broker.say(
-            room, session.user, session.sid, data.get("message"), data.get("client_id")
-        )
-    except InvalidInput as exc:
-        return 400, exc.reason, None
-    except NicknameTaken as exc:
-        return 409, str(exc), None
-    except LeftRoom as exc:
-        return 410, str(exc), None
-    return 200, None, stored
-
-
 @routes.post("/refresh/room")
+@policy(origin=True, csrf=True, session="required", body=True, room=True, render="room")
 async def refresh_say(request: web.Request) -> web.StreamResponse:
     chat = request.app[chat_key]
-    try:
-        room = room_of(request)
-    except InvalidInput as exc:
-        return await _welcome(chat, 400, exc.reason, demo="refresh")
-    session = chat.session(request)
-    if session is None:
-        raise _to_welcome(room, "refresh", "pick a nickname first")
-    form = dict(await request.post())
-    status, error, _ = await say_from_form(request, chat, session, room, form)
-    if error is not None:
-        draft = form.get("message")
+    edge = checked(request)
+    session = edge.require_session()
+    form = edge.form
+    await say(chat, session, edge.address, edge.room, form.get("message"), form.get("client_id"))
+    raise web.HTTPSeeOther(f"/refresh/room?room={edge.room}")
+
+
+async def render_refusal(request: web.Request, refused: Refused, render: str) -> web.Response:
+    """A refused page request, shown as a page: the room page with the error and the
+    typed text kept, or the welcome page. Rendering it changes nothing."""
+    chat = request.app[chat_key]
+    edge = checked_so_far(request)
+    technique = request.path.split("/")[1]
+    technique = technique if technique in TECHNIQUES else "refresh"
+    room = _valid_room(request.query.get("room"))
+    goes_to_welcome = {"nickname_taken": "taken", "left": "left", "no_session": "nickname"}
+    if refused.code in goes_to_welcome:
+        # this browser is not (or no longer) in the room: the welcome page says why
+        raise _to_welcome(room, technique, goes_to_welcome[refused.code])
+    if render == "room" and edge is not None and edge.session is not None:
+        edge.room = edge.room or room
         return await _room_page(
             request,
-            "refresh",
-            status=status,
-            error=error,
-            draft=draft if isinstance(draft, str) else "",
+            technique,
+            status=refused.status,
+            error=refused.reason,
+            draft=_form_value(edge.form.get("message"), "", chat.settings.max_body),
+            enter=False,
         )
-    raise web.HTTPSeeOther(f"/refresh/room?room={room}")
+    return await _welcome(chat, refused.status, refused.reason, room=room, demo=technique)
 
 
 def _leave_route(technique: str) -> None:
+    @policy(origin=True, csrf=True, session="required", body=True, room=True, render="welcome")
     async def leave(request: web.Request) -> web.StreamResponse:
         chat = request.app[chat_key]
-        room = room_of(request)
-        session = chat.session(request)
-        if session is None:
-            raise web.HTTPSeeOther("/")
-        form = dict(await request.post())
-        token = form.get("csrf")
-        refusal = require_post_allowed(
-            request, chat, session, token if isinstance(token, str) else None
-        )
-        if refusal is not None:
-            return web.Response(status=403, text=refusal)
-        await chat.broker.leave(room, session.user, session.sid)
-        raise web.HTTPSeeOther(f"/?room={room}")
+        edge = checked(request)
+        session = edge.require_session()
+        await chat.broker.leave(edge.room, session.user, session.sid)
+        raise web.HTTPSeeOther(f"/?room={edge.room}")
 
     leave.__name__ = f"{technique}_leave"
     routes.post(f"/{technique}/room/leave")(leave)
@@ -227,7 +265,3 @@ def _leave_route(technique: str) -> None:
 
 for _technique in TECHNIQUES:
     _leave_route(_technique)
-
-
-def new_conn_id() -> str:
-    return uuid.uuid4().hex

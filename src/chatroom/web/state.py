@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -13,20 +14,18 @@ from aiohttp import web
 
 from chatroom.broker import Broker
 from chatroom.config import Settings
-from chatroom.core.presence import LeftRoom, NicknameTaken
-from chatroom.core.validation import InvalidInput, validate_room
 from chatroom.observability import Throttled
-from chatroom.web.security import RateLimiter, Session, SessionSigner, same_origin
+from chatroom.web.edge import Edge, Refused
+from chatroom.web.security import RateLimiter, SessionSigner
 
 __all__ = [
     "TECHNIQUES",
     "Chat",
-    "NoSession",
+    "Limits",
     "OpenSocket",
     "chat_key",
     "json_error",
-    "require_post_allowed",
-    "room_of",
+    "refusal_response",
 ]
 
 # technique key -> label, in the order the welcome page offers them
@@ -47,11 +46,34 @@ class OpenSocket(Protocol):
 
 
 @dataclass(slots=True)
+class Limits:
+    """The rate limits, each a token bucket per key."""
+
+    # saying, per session and per client address
+    say_session: RateLimiter
+    say_address: RateLimiter
+    # claiming a nickname (GET /demo), per client address
+    demo: RateLimiter
+    # opening a room that did not exist, per client address
+    new_room: RateLimiter
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Limits:
+        return cls(
+            RateLimiter(s.rate_limit, s.rate_burst),
+            RateLimiter(s.address_rate_limit, s.address_rate_burst),
+            RateLimiter(s.demo_rate_limit, s.demo_rate_burst),
+            RateLimiter(s.room_rate_limit, s.room_rate_burst),
+        )
+
+
+@dataclass(slots=True)
 class Chat:
     settings: Settings
     broker: Broker
     signer: SessionSigner
-    limiter: RateLimiter
+    limits: Limits
+    edge: Edge
     templates: jinja2.Environment
     # open WebSockets, closed with 1001 on shutdown
     sockets: set[OpenSocket] = field(default_factory=set)
@@ -60,50 +82,26 @@ class Chat:
     # recurring failures (a backend outage) logged once, not once per request
     problems: Throttled = field(default_factory=lambda: Throttled(logging.getLogger("chatroom")))
 
-    def session(self, request: web.Request) -> Session | None:
-        return self.signer.from_request(request)
-
-    def require_session(self, request: web.Request) -> Session:
-        """The request's session; NoSession (answered 401) when it has no valid cookie."""
-        session = self.signer.from_request(request)
-        if session is None:
-            raise NoSession()
-        return session
-
-
-class NoSession(Exception):
-    """The request carries no valid session cookie."""
-
-    def __init__(self) -> None:
-        super().__init__("no session: open / and pick a nickname")
-
 
 chat_key = web.AppKey("chat", Chat)
 
 
-def json_error(status: int, code: str, reason: str, **extra: object) -> web.Response:
-    body = {"error": code, "reason": reason, **extra}
-    return web.Response(
+def json_error(
+    status: int, code: str, reason: str, retry_after: float | None = None, **extra: object
+) -> web.Response:
+    body: dict[str, object] = {"error": code, "reason": reason, **extra}
+    response = web.Response(
         status=status, body=orjson.dumps(body), content_type="application/json"
     )
+    if retry_after is not None:
+        body["retry_after"] = round(retry_after, 2)
+        response.body = orjson.dumps(body)
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response
 
 
-def room_of(request: web.Request) -> str:
-    """The room named by ?room= (or the {room} path part); raises InvalidInput."""
-    return validate_room(request.match_info.get("room") or request.query.get("room"))
-
-
-def require_post_allowed(
-    request: web.Request, chat: Chat, session: Session, token: str | None
-) -> str | None:
-    """Why a state-changing request must be refused (cross-site), or None if it may go on."""
-    if not same_origin(request, chat.settings.allowed_origins):
-        return "cross-site request refused: the Origin does not match this server"
-    sent = token or request.headers.get("X-CSRF-Token")
-    if sent != chat.signer.csrf(session):
-        return "missing or wrong CSRF token: reload the page and try again"
-    return None
-
-
-# re-exported for handlers that translate these into responses
-__all__ += ["InvalidInput", "LeftRoom", "NicknameTaken"]
+def refusal_response(refused: Refused) -> web.Response:
+    extra = {} if refused.field is None else {"field": refused.field}
+    return json_error(
+        refused.status, refused.code, refused.reason, retry_after=refused.retry_after, **extra
+    )

@@ -1,0 +1,291 @@
+"""The request edge: host, origin, CSRF, session, values, in that order, and a refused
+request changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from chatroom.web.security import COOKIE
+from tests.support import (
+    Server,
+    cookie_of,
+    history,
+    login,
+    new_client,
+    say_lp,
+    serving,
+)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    async with serving(tmp_path) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with new_client() as c:
+        yield c
+
+
+async def raw_request(server: Server, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    """Send bytes as they are (no client library to tidy them); the status and the body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            data = await reader.read()
+    finally:
+        writer.close()
+    status = int(data.split(b" ", 2)[1])
+    return status, data.split(b"\r\n\r\n", 1)[-1]
+
+
+async def members(client: aiohttp.ClientSession, server: Server, room: str) -> list[str]:
+    async with client.get(f"{server.url}/api/rooms/{room}/presence") as response:
+        body = await response.json()
+    result: list[str] = body["members"]
+    return result
+
+
+# --- host -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host", [b"evil.example", b"evil.example:80", b"127.0.0.1.evil.example", b"[::1", b"a b"]
+)
+async def test_a_host_this_server_does_not_answer_to_gets_400(
+    server: Server, host: bytes
+) -> None:
+    # DNS rebinding: a name that now points at 127.0.0.1 is not this server's name
+    status, body = await raw_request(
+        server, b"GET /api/rooms HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+    )
+    assert status == 400
+    assert b"bad_host" in body
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "LOCALHOST", "[::1]"])
+async def test_the_bound_names_are_answered(server: Server, host: str) -> None:
+    status, _ = await raw_request(
+        server,
+        f"GET /api/rooms HTTP/1.1\r\nHost: {host}:{server.port}\r\nConnection: close\r\n\r\n"
+        .encode(),
+    )
+    assert status == 200
+
+
+async def test_health_checks_answer_whatever_the_host(server: Server) -> None:
+    status, _ = await raw_request(
+        server, b"GET /healthz HTTP/1.1\r\nHost: 10.1.2.3\r\nConnection: close\r\n\r\n"
+    )
+    assert status == 200
+
+
+async def test_allowed_hosts_replace_the_default(tmp_path: Path) -> None:
+    async with serving(tmp_path, allowed_hosts=("chat.example",)) as srv:
+        ok, _ = await raw_request(
+            srv, b"GET /api/rooms HTTP/1.1\r\nHost: chat.example\r\nConnection: close\r\n\r\n"
+        )
+        refused, _ = await raw_request(
+            srv, b"GET /api/rooms HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+    assert (ok, refused) == (200, 400)
+
+
+# --- origin -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://[",  # urlsplit raises on this one
+        "null",
+        "http://evil.example",
+        "https://127.0.0.1:{port}",  # the right host, the wrong scheme
+        "http://127.0.0.1:1",  # the right host, the wrong port
+        "http://127.0.0.1:{port}/path",
+        "ftp://127.0.0.1:{port}",
+        "http://\u0661\u0662\u0667.0.0.1:{port}",
+        "http://user@127.0.0.1:{port}",
+    ],
+)
+async def test_a_foreign_or_malformed_origin_is_403_and_changes_nothing(
+    server: Server, client: aiohttp.ClientSession, origin: str
+) -> None:
+    page = await login(client, server, "alice", demo="longpolling")
+    async with client.post(
+        f"{server.url}/longpolling/room/messages",
+        params={"room": "lobby"},
+        json={"message": "hello", "csrf": page.csrf},
+        headers={"Origin": origin.format(port=server.port)},
+    ) as response:
+        assert response.status == 403
+        assert (await response.json())["error"] == "bad_origin"
+    assert [e for e in await history(client, server) if e["type"] == "message"] == []
+
+
+async def test_the_page_s_own_origin_is_accepted(
+    server: Server, client: aiohttp.ClientSession
+) -> None:
+    page = await login(client, server, "alice", demo="longpolling")
+    for origin in (f"http://127.0.0.1:{server.port}", f"HTTP://LOCALHOST:{server.port}"):
+        async with client.post(
+            f"{server.url}/longpolling/room/messages",
+            params={"room": "lobby"},
+            json={"message": "hello", "csrf": page.csrf},
+            headers={"Origin": origin, "Host": origin.split("//")[1].lower()},
+        ) as response:
+            assert response.status == 200, await response.text()
+
+
+async def test_forwarded_proto_is_believed_only_from_a_trusted_proxy(tmp_path: Path) -> None:
+    for trusted, expected in (((), 403), (("127.0.0.1",), 200)):
+        async with serving(tmp_path, trusted_proxies=trusted) as srv, new_client() as c:
+            page = await login(c, srv, "alice", demo="longpolling")
+            async with c.post(
+                f"{srv.url}/longpolling/room/messages",
+                params={"room": "lobby"},
+                json={"message": "over https", "csrf": page.csrf},
+                headers={
+                    "Origin": f"https://127.0.0.1:{srv.port}",
+                    "X-Forwarded-Proto": "https",
+                },
+            ) as response:
+                assert response.status == expected, await response.text()
+
+
+# --- a refused request changes nothing --------------------------------------------------
+
+
+@pytest.mark.parametrize("what", ["csrf", "origin"])
+async def test_a_post_refused_for_csrf_or_origin_does_not_enter_the_room(
+    server: Server, client: aiohttp.ClientSession, what: str
+) -> None:
+    page = await login(client, server, "alice", room="lobby", demo="refresh")
+    headers = {"Origin": "http://evil.example"} if what == "origin" else {}
+    csrf = page.csrf if what == "origin" else "forged"
+    for path in ("/refresh/room", "/longpolling/room/messages", "/refresh/room/leave"):
+        async with client.post(
+            f"{server.url}{path}",
+            params={"room": "elsewhere"},
+            data={"message": "hi", "csrf": csrf},
+            headers=headers,
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 403, path
+    assert await members(client, server, "elsewhere") == []
+    assert await history(client, server, room="elsewhere") == []
+    # nor did the refused leave take alice out of the room she is in
+    assert await members(client, server, "lobby") == ["alice"]
+
+
+async def test_refused_messages_spend_no_rate(
+    server: Server, client: aiohttp.ClientSession
+) -> None:
+    page = await login(client, server, "alice", demo="longpolling")
+    for bad in ["", "   ", "x" * 2001, None, 7]:
+        for _ in range(3):
+            async with client.post(
+                f"{server.url}/longpolling/room/messages",
+                params={"room": "lobby"},
+                json={"message": bad, "csrf": page.csrf},
+            ) as response:
+                assert response.status == 400
+    # fifteen refused; the burst of ten is still whole
+    for i in range(10):
+        await say_lp(client, server, page.csrf, f"good {i}")
+
+
+# --- bodies -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status"),
+    [
+        ("application/x-www-form-urlencoded", b"message=\xff\xfe&csrf=x", 400),
+        ("application/x-www-form-urlencoded", b"message=%ff%fe&csrf=x", 400),
+        ("application/x-www-form-urlencoded; charset=latin-1", b"message=hi", 415),
+        ("application/x-www-form-urlencoded; charset=\xff", b"message=hi", 415),
+        ("application/json", b'{"message": "\xff"}', 400),
+        ("application/json", b"[" * 5000 + b"]" * 5000, 400),
+        ("application/json", b'"just a string"', 400),
+        ("text/plain", b"hi", 415),
+        ("multipart/form-data; boundary=x", b"--x--", 415),
+    ],
+)
+async def test_a_body_that_is_no_form_is_a_4xx(
+    server: Server, client: aiohttp.ClientSession, content_type: str, body: bytes, status: int
+) -> None:
+    page = await login(client, server, "alice", demo="longpolling")
+    head = (
+        f"POST /longpolling/room/messages?room=lobby HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{server.port}\r\nCookie: {COOKIE}={cookie_of(client, server)}\r\n"
+        f"X-CSRF-Token: {page.csrf}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+    ).encode() + b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
+    got, _ = await raw_request(server, head, body)
+    assert got == status
+    assert [e for e in await history(client, server) if e["type"] == "message"] == []
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [b"\xff\xfe", "caf\u00e9".encode(), b"a" * 8000, b'"quoted"', b"x.y.z", b"\x00"],
+)
+async def test_a_cookie_that_is_not_ours_is_no_session(server: Server, cookie: bytes) -> None:
+    head = (
+        b"GET /longpolling/room/messages?room=lobby HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Cookie: " + COOKIE.encode() + b"=" + cookie + b"\r\nConnection: close\r\n\r\n"
+    )
+    status, _ = await raw_request(server, head)
+    assert status in (400, 401)
+
+
+# --- headers on every answer ------------------------------------------------------------
+
+
+async def test_every_answer_carries_the_security_headers(
+    server: Server, client: aiohttp.ClientSession
+) -> None:
+    async def check(response: aiohttp.ClientResponse) -> None:
+        csp = response.headers.get("Content-Security-Policy", "")
+        assert "base-uri 'none'" in csp, response
+        assert "form-action 'self'" in csp
+        assert response.headers.get("X-Content-Type-Options") == "nosniff"
+        assert "Strict-Transport-Security" not in response.headers
+
+    async with client.get(f"{server.url}/nowhere") as r404:
+        assert r404.status == 404
+        await check(r404)
+    async with client.put(f"{server.url}/api/rooms") as r405:
+        assert r405.status == 405
+        await check(r405)
+    async with client.get(
+        f"{server.url}/demo", params={"user": "alice"}, allow_redirects=False
+    ) as r302:
+        assert r302.status == 302
+        await check(r302)
+    page = await login(client, server, "bob")
+    async with client.post(
+        f"{server.url}/longpolling/room/messages",
+        params={"room": "lobby"},
+        data={"message": "x" * 20_000, "csrf": page.csrf},
+    ) as r413:
+        assert r413.status == 413
+        await check(r413)
+
+
+async def test_hsts_when_cookies_are_secure(tmp_path: Path) -> None:
+    async with (
+        serving(tmp_path, secure_cookies=True) as srv,
+        new_client() as c,
+        c.get(f"{srv.url}/nowhere") as response,
+    ):
+        assert response.headers["Strict-Transport-Security"].startswith("max-age=")
