@@ -42,8 +42,6 @@ from tests.cluster.nodes import (
 )
 from tests.redis_server import free_port, start_redis
 
-pytestmark = [pytest.mark.slow, pytest.mark.redis]
-
 DEPLOY_MD = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
 MARKER = "<!-- tests/deploy/test_nginx.py runs the nginx block below -->"
 NGINX = os.environ.get("CHATROOM_NGINX", "/usr/sbin/nginx")
@@ -301,6 +299,8 @@ def nginx_refused(front: Front) -> list[str]:
     return [line for line in lines if re.search(r'" 403 ', line)]
 
 
+@pytest.mark.slow
+@pytest.mark.redis
 async def test_chat_through_nginx_on_every_technique(deployment: Deployment) -> None:
     front, (node1, node2) = deployment.front, deployment.nodes
     origin = front.origin
@@ -358,6 +358,8 @@ async def test_chat_through_nginx_on_every_technique(deployment: Deployment) -> 
     assert nginx_refused(front) == [], nginx_refused(front)
 
 
+@pytest.mark.slow
+@pytest.mark.redis
 async def test_idle_streams_and_a_held_long_poll_outlast_nginx(deployment: Deployment) -> None:
     """A long poll held its full 25 s is answered [] (not nginx's 504), and a WebSocket
     and an SSE stream left idle all that while (past the 15 s SSE heartbeat) still
