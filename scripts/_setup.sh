@@ -13,6 +13,39 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# apt_install for a package the tests run as a program of their own (nginx): its
+# service is neither started by the install nor enabled at boot, so it holds no port.
+# Debian's invoke-rc.d and deb-systemd-invoke ask /usr/sbin/policy-rc.d first; one
+# answering 101 ("forbidden") is put in place for the install when there is none.
+apt_install_no_service() {
+    # $1: the service's name; the rest: packages
+    local service=$1 policy=/usr/sbin/policy-rc.d placed="" status=0
+    shift
+    if [ ! -e "$policy" ]; then
+        # taken away again whatever happens (an interrupt exits, and so runs EXIT)
+        trap 'as_root rm -f /usr/sbin/policy-rc.d' EXIT
+        trap 'exit 130' INT
+        trap 'exit 143' TERM
+        as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy" && placed=1
+    fi
+    apt_install "$@" || status=$?
+    if [ -n "$placed" ]; then
+        as_root rm -f "$policy"
+        trap - EXIT INT TERM
+    fi
+    if [ -d /run/systemd/system ]; then
+        # stopped if a policy of the machine's own let it start, and off at boot
+        as_root systemctl disable --now -q "$service" 2>/dev/null || true
+    else
+        command -v systemctl >/dev/null && { as_root systemctl disable -q "$service" 2>/dev/null || true; }
+        command -v update-rc.d >/dev/null && { as_root update-rc.d "$service" disable >/dev/null 2>&1 || true; }
+        if [ -x "/etc/init.d/$service" ] && as_root "/etc/init.d/$service" status >/dev/null 2>&1; then
+            as_root "/etc/init.d/$service" stop >/dev/null 2>&1 || true
+        fi
+    fi
+    return "$status"
+}
+
 pick_python() {
     for py in python3.13 python3.12 python3.11 python3; do
         if command -v "$py" >/dev/null &&

@@ -159,13 +159,15 @@ class Cluster:
         presence_ttl: float | None = None,
         workers: int | None = None,
         port: int | None = None,
+        args: Sequence[str] = (),
     ) -> Node:
-        """Start one node (not waiting for it to be ready)."""
+        """Start one node (not waiting for it to be ready); `args`: more `serve` flags."""
         name = f"node{len(self.nodes) + 1}"
         port = port or free_port()
         serve = [
             "serve", "--host", "127.0.0.1", "--port", str(port),
             "--backend", backend or self.backend, "--secret", SECRET, "--log-level", "INFO",
+            *args,
         ]
         env: dict[str, str] = {}
         if presence_ttl is not None:
