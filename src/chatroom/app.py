@@ -101,6 +101,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
             max_pending=settings.max_pending,
             max_unsent=settings.max_unsent,
             presence_ttl=settings.presence_ttl,
+            room_idle=settings.room_idle,
         )
         await broker.start()
         signer = SessionSigner(

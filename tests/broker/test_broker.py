@@ -387,6 +387,33 @@ async def test_leave_after_the_last_connection_and_the_linger(backends: Backends
     assert await stored(broker) == [("join", "alice"), ("leave", "alice")]
 
 
+async def test_rooms_lists_live_and_recent_rooms_busiest_first(backends: Backends) -> None:
+    now = [1_764_115_200.0]
+    broker = await backends.broker(room_idle=600.0, wall_clock=lambda: now[0])
+    await broker.say("old", "alice", "s1", "long ago")
+    now[0] += 500
+    await broker.say("recent", "alice", "s1", "a while ago")
+    await broker.connect("busy", "bob", "s2", "tab-b")
+    await broker.connect("busy", "carol", "s3", "tab-c")
+    await broker.connect("quiet", "dave", "s4", "tab-d")
+    assert await broker.rooms() == [("busy", 2), ("quiet", 1), ("old", 0), ("recent", 0)]
+    now[0] += 101  # "old" is 601 s without news and without members
+    assert await broker.rooms() == [("busy", 2), ("quiet", 1), ("recent", 0)]
+    # it keeps its history
+    assert [e.text for e in await broker.history("old", None, 10)] == ["long ago"]
+    # a member keeps a room listed whatever its last event's age
+    now[0] += 10_000
+    assert await broker.rooms() == [("busy", 2), ("quiet", 1)]
+    await broker.say("old", "alice", "s1", "back")
+    assert await broker.rooms() == [("busy", 2), ("quiet", 1), ("old", 0)]
+    # pages: `after` is the (members, name) the previous page ended with
+    assert await broker.rooms(limit=2) == [("busy", 2), ("quiet", 1)]
+    assert await broker.rooms(limit=2, after=(1, "quiet")) == [("old", 0)]
+    assert await broker.rooms(limit=1, after=(2, "busy")) == [("quiet", 1)]
+    assert await broker.rooms(after=(0, "old")) == []
+    assert await broker.rooms(limit=5, after=(1, "a")) == [("quiet", 1), ("old", 0)]
+
+
 async def test_a_reconnect_within_the_linger_is_neither_leave_nor_join(
     backends: Backends,
 ) -> None:

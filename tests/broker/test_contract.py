@@ -122,6 +122,7 @@ async def test_cancelled_calls_leave_the_backend_working(backends: Backends) -> 
         asyncio.create_task(backend.read_after(ROOM, None, 10)),
         asyncio.create_task(backend.read_before(ROOM, None, 10)),
         asyncio.create_task(backend.rooms()),
+        asyncio.create_task(backend.active_rooms(0)),
         asyncio.create_task(backend.ping()),
         asyncio.create_task(backend.append(ROOM, msg("gone"))),
     ]
@@ -324,6 +325,7 @@ async def test_an_empty_room(backends: Backends) -> None:
     assert (page.events, page.reset, page.oldest, page.head) == ([], True, None, None)
     assert await backend.read_before(ROOM, None, 10) == []
     assert ROOM not in await backend.rooms()
+    assert ROOM not in await backend.active_rooms(0)
 
 
 async def test_retention_keeps_the_newest(backends: Backends) -> None:
@@ -368,6 +370,38 @@ async def test_rooms_lists_every_room_that_holds_events(backends: Backends) -> N
     await fill(backend, 2, "attic")
     await fill(backend, 1, "kitchen")
     assert sorted(await backend.rooms()) == ["attic", "kitchen"]
+
+
+async def test_active_rooms_answers_each_rooms_last_activity(backends: Backends) -> None:
+    backend = await backends.start(retention=2)
+    assert await backend.active_rooms(0) == {}
+
+    def at(ts: int, text: str = "x", **said: str) -> Draft:
+        return Draft("message", "alice", ts, text, said.get("session"), said.get("client_id"))
+
+    await backend.append("a", at(1_000))
+    await backend.append("b", Draft("join", "bob", 2_000))
+    await backend.append("a", at(3_000))
+    assert await backend.active_rooms(0) == {"a": 3_000, "b": 2_000}
+    assert await backend.active_rooms(2_000) == {"a": 3_000, "b": 2_000}
+    assert await backend.active_rooms(2_001) == {"a": 3_000}
+    assert await backend.active_rooms(3_001) == {}
+    # a later event stamped earlier (a node whose clock is behind) does not lower it
+    await backend.append("a", at(2_500))
+    assert await backend.active_rooms(3_000) == {"a": 3_000}
+    # a duplicate say stores nothing: no activity
+    first = await backend.append("b", at(4_000, session="s", client_id="k"))
+    again = await backend.append("b", at(9_000, session="s", client_id="k"))
+    assert again.duplicate
+    assert again.event == first.event
+    assert await backend.active_rooms(0) == {"a": 3_000, "b": 4_000}
+    # a burst counts its newest stamp; retention (2 here) trims events, not activity
+    await backend.append_many("c", [at(5_000), at(7_000), at(6_000), at(5_500)])
+    assert await backend.active_rooms(5_000) == {"c": 7_000}
+    assert [e.timestamp for e in (await backend.read_after("c", None, 10)).events] == [
+        6_000, 5_500,
+    ]
+    assert sorted(await backend.rooms()) == ["a", "b", "c"]
 
 
 # --- the listener -------------------------------------------------------------------------
@@ -541,6 +575,61 @@ async def test_sqlite_history_and_ids_survive_close_and_reopen(sqlite: Backends)
     assert retry.duplicate
     assert retry.event == said.event
     assert await again.rooms() == [ROOM]
+    assert await again.active_rooms(TS) == {ROOM: TS}
+
+
+async def test_sqlite_a_file_from_before_rooms_last_activity_is_brought_up(
+    sqlite: Backends,
+) -> None:
+    first = await sqlite.start()
+    await first.append("a", Draft("message", "alice", 1_000, "old"))
+    await first.append("a", Draft("message", "alice", 2_000, "newest"))
+    await first.append("b", Draft("join", "bob", 3_000))
+    await first.close()
+    assert sqlite.path is not None
+    # what an older version made: no rooms.last, no index on it
+    with closing(sqlite3.connect(sqlite.path)) as db:
+        db.execute("DROP INDEX rooms_last")
+        db.execute("ALTER TABLE rooms DROP COLUMN last")
+        db.commit()
+
+    again = await sqlite.start()
+    assert await again.active_rooms(0) == {"a": 2_000, "b": 3_000}
+    await again.append("a", Draft("message", "alice", 5_000, "after"))
+    assert await again.active_rooms(4_000) == {"a": 5_000}
+    await again.close()
+    with closing(sqlite3.connect(sqlite.path)) as db:
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN SELECT name, last FROM rooms WHERE last >= ?", (0,)
+        ).fetchall()
+    assert "rooms_last" in str(plan)
+
+
+@pytest.mark.redis
+async def test_redis_rooms_from_before_the_activity_index_are_entered_once(
+    redis_url: str,
+) -> None:
+    import redis.asyncio as aioredis
+
+    first = open_backend(redis_url)
+    await first.start()
+    await first.append("a", Draft("message", "alice", 1_000, "old"))
+    await first.append("a", Draft("message", "alice", 2_000, "newest"))
+    await first.append("b", Draft("join", "bob", 3_000))
+    await first.close()
+    # what an older version left: no activity index, nothing marked filled
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.delete("chatroom:activity", "chatroom:activity-filled")
+        again = open_backend(redis_url)
+        await again.start()
+        try:
+            assert await again.active_rooms(0) == {"a": 2_000, "b": 3_000}
+            assert await client.exists("chatroom:activity-filled")
+        finally:
+            await again.close()
+    finally:
+        await client.aclose()
 
 
 async def test_sqlite_a_new_database_is_a_new_epoch(sqlite: Backends) -> None:

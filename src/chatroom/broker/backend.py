@@ -159,6 +159,20 @@ class Backend(Protocol):
         """Every room that holds events."""
         ...
 
+    async def active_rooms(self, since: int) -> dict[str, int]:
+        """Rooms whose last event is stamped at or after `since`, each with that stamp.
+
+        A room's last activity is the greatest `timestamp` (ms since the Unix epoch) of
+        the events stored in it: a later event with an older stamp (a node whose clock
+        is behind) never lowers it, and a duplicate say, which stores nothing, leaves it
+        as it was. It outlives retention (trimming keeps the newest events) and is kept
+        as durably as the events. Cheap, whatever the history holds: it is kept per room
+        when events are appended, never found by reading events; the shared and durable
+        backends (sqlite, redis) index it, so a call costs in proportion to the rooms it
+        answers, not to every room ever used (memory:// looks at each of its rooms).
+        """
+        ...
+
     def watch(self, room: str) -> None:
         """This process has subscribers in `room` (a hint; local backends ignore it)."""
         ...

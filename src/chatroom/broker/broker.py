@@ -21,6 +21,7 @@ unsent bytes in this process pass `max_unsent` is cut off as too slow.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -332,6 +333,10 @@ class Subscription:
         self._wake()
 
 
+def _busiest_first(room: tuple[str, int]) -> tuple[int, str]:
+    return -room[1], room[0]
+
+
 class Broker:
     def __init__(
         self,
@@ -344,6 +349,7 @@ class Broker:
         presence_ttl: float = 30.0,
         linger: float = 5.0,
         reap_interval: float = 1.0,
+        room_idle: float = 3600.0,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.backend = backend
@@ -355,6 +361,8 @@ class Broker:
         self.presence_ttl = presence_ttl
         self.linger = linger
         self.reap_interval = reap_interval
+        # seconds a room without members stays listed after its last event
+        self.room_idle = room_idle
         self._wall = wall_clock
         self._rooms: dict[str, set[Subscription]] = {}
         # per watched room, the position of the last event fanned out
@@ -615,11 +623,27 @@ class Broker:
     async def members(self, room: str) -> list[str]:
         return await self.backend.presence.members(room)
 
-    async def rooms(self) -> list[tuple[str, int]]:
-        """Rooms with history or members, busiest first, with their member counts."""
+    async def rooms(
+        self, limit: int | None = None, after: tuple[int, str] | None = None
+    ) -> list[tuple[str, int]]:
+        """Live and recent rooms with their member counts, busiest first, then by name.
+
+        A room is listed while it has members, and after its last member went, until
+        its last event is `room_idle` seconds old. History outlives the listing: a room
+        that dropped out keeps what retention keeps. `after` is the (members, name) of
+        the last room of the previous page: the answer starts behind it, `limit` long.
+        """
         counts = await self.backend.presence.counts()
-        names = set(await self.backend.rooms()) | set(counts)
-        return sorted(((n, counts.get(n, 0)) for n in names), key=lambda r: (-r[1], r[0]))
+        # (an infinite room_idle lists every room that ever held an event)
+        since = int(max(0.0, self._now_ms() - self.room_idle * 1000))
+        recent = await self.backend.active_rooms(since)
+        listed = [(name, counts.get(name, 0)) for name in recent.keys() | counts.keys()]
+        if after is not None:
+            bound = (-after[0], after[1])
+            listed = [r for r in listed if (-r[1], r[0]) > bound]
+        if limit is None:
+            return sorted(listed, key=_busiest_first)
+        return heapq.nsmallest(limit, listed, key=_busiest_first)
 
     async def _reaper(self) -> None:
         while not cancel_requested():

@@ -19,6 +19,8 @@ class _Stream:
     retention: int
     events: deque[Event] = field(default_factory=deque)
     head: int = 0
+    # the greatest timestamp of the events stored (the room's last activity)
+    last: int = 0
     # (session, client_id) -> event, for retained events only
     said: dict[tuple[str, str], Event] = field(default_factory=dict)
     keys: dict[int, tuple[str, str]] = field(default_factory=dict)
@@ -76,6 +78,7 @@ class MemoryBackend:
             draft.timestamp, draft.text,
         )
         stream.events.append(event)
+        stream.last = max(stream.last, draft.timestamp)
         if key is not None:
             stream.said[key] = event
             stream.keys[event.offset] = key
@@ -115,6 +118,9 @@ class MemoryBackend:
 
     async def rooms(self) -> list[str]:
         return sorted(self._streams)
+
+    async def active_rooms(self, since: int) -> dict[str, int]:
+        return {room: s.last for room, s in self._streams.items() if s.last >= since}
 
     def watch(self, room: str) -> None:
         pass

@@ -49,8 +49,9 @@ BLOCK_MS = 2000
 READ_COUNT = 1000
 
 _APPEND = """
--- KEYS: meta, stream, said (or ''), rooms set
--- ARGV: room, data tail (the event JSON after its id), retention, fresh epoch, said ttl
+-- KEYS: meta, stream, said (or ''), rooms set, activity zset
+-- ARGV: room, data tail (the event JSON after its id), retention, fresh epoch, said ttl,
+--       the event's timestamp
 if KEYS[3] ~= '' then
   local prev = redis.call('GET', KEYS[3])
   if prev then
@@ -70,6 +71,7 @@ local data = '{"id":"' .. epoch .. '-' .. head .. '",' .. ARGV[2]
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], head .. '-0', 'd', data)
 if KEYS[3] ~= '' then redis.call('SET', KEYS[3], head, 'EX', ARGV[5]) end
 redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('ZADD', KEYS[5], 'GT', ARGV[6], ARGV[1])
 return {0, data}
 """
 
@@ -243,6 +245,10 @@ class _Keys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.rooms = f"{prefix}rooms"
+        # room -> its last activity (the greatest event timestamp, ms)
+        self.activity = f"{prefix}activity"
+        # set once the rooms of a version without `activity` were entered in it
+        self.activity_filled = f"{prefix}activity-filled"
         self.presence_rooms = f"{prefix}presence-rooms"
 
     def base(self, room: str) -> str:
@@ -402,6 +408,7 @@ class RedisBackend:
     async def start(self) -> None:
         try:
             await self._redis.ping()
+            await self._fill_activity()
         except (RedisError, OSError) as exc:
             # Start anyway: /readyz says unready and the reader keeps trying.
             log.warning("redis %s is unreachable at start: %s", self.name, exc)
@@ -436,8 +443,8 @@ class RedisBackend:
             if draft.session and draft.client_id
             else ""
         )
-        keys = [k.meta(room), k.stream(room), said, k.rooms]
-        return keys, [room, tail, self._retention, new_epoch(), SAID_TTL]
+        keys = [k.meta(room), k.stream(room), said, k.rooms, k.activity]
+        return keys, [room, tail, self._retention, new_epoch(), SAID_TTL, draft.timestamp]
 
     async def append(self, room: str, draft: Draft) -> Stored:
         keys, args = self._append_call(room, draft)
@@ -519,6 +526,33 @@ class RedisBackend:
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from exc
         return sorted(_text(n) for n in names)
+
+    async def active_rooms(self, since: int) -> dict[str, int]:
+        try:
+            found: list[Any] = await self._redis.zrangebyscore(
+                self._keys.activity, since, "+inf", withscores=True
+            )
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        return {_text(room): int(score) for room, score in found}
+
+    async def _fill_activity(self) -> None:
+        """Once per database: enter the rooms stored before `activity` existed in it, each
+        with its newest event's timestamp. Appends meanwhile only raise a room's (GT)."""
+        k = self._keys
+        if await self._redis.exists(k.activity_filled):
+            return
+        entered: list[Any] = await self._redis.zrange(k.activity, 0, -1)
+        known = {_text(r) for r in entered}
+        for raw in await self._redis.smembers(k.rooms):
+            room = _text(raw)
+            if room in known:
+                continue
+            newest: Any = await self._redis.xrevrange(k.stream(room), count=1)
+            if newest:
+                stamp = int(orjson.loads(newest[0][1][b"d"])["timestamp"])
+                await self._redis.zadd(k.activity, {room: stamp}, gt=True)
+        await self._redis.set(k.activity_filled, 1)
 
     # --- the one XREAD per process ----------------------------------------------
 

@@ -19,6 +19,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
+
 from chatroom.broker.backend import BackendUnavailable, Draft, Listener, Page, Presence, Stored
 from chatroom.broker.local_presence import LocalPresence
 from chatroom.core.events import Event, Position, new_epoch, resume_from
@@ -33,7 +35,9 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rooms (
     name TEXT PRIMARY KEY,
     epoch TEXT NOT NULL,
-    head INTEGER NOT NULL
+    head INTEGER NOT NULL,
+    -- the greatest timestamp of the room's events: its last activity (ms)
+    last INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE TABLE IF NOT EXISTS events (
     room TEXT NOT NULL,
@@ -46,6 +50,35 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE UNIQUE INDEX IF NOT EXISTS events_said
     ON events (room, session, client_id) WHERE client_id IS NOT NULL;
 """
+
+# After _SCHEMA and _migrate: a file made before rooms.last existed has it by then.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS rooms_last ON rooms (last);
+"""
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a database made by an older version up to _SCHEMA, in one transaction."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(rooms)")}
+    if "last" in columns:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("ALTER TABLE rooms ADD COLUMN last INTEGER NOT NULL DEFAULT 0")
+        # each room's last activity: the stamp of its newest event (one row per room)
+        for (name,) in db.execute("SELECT name FROM rooms").fetchall():
+            row = db.execute(
+                "SELECT data FROM events WHERE room = ? ORDER BY offset DESC LIMIT 1", (name,)
+            ).fetchone()
+            if row is not None:
+                db.execute(
+                    "UPDATE rooms SET last = ? WHERE name = ?",
+                    (int(orjson.loads(row[0])["timestamp"]), name),
+                )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 # At most this many says are committed in one transaction.
 _BATCH = 256
@@ -118,6 +151,8 @@ class SQLiteBackend:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
+            _migrate(db)
+            db.executescript(_INDEXES)
             for name, epoch, head in db.execute("SELECT name, epoch, head FROM rooms"):
                 self._heads[name] = (epoch, head)
             self._db = db
@@ -163,16 +198,22 @@ class SQLiteBackend:
         db = self._conn()
         results: list[tuple[_Append, Stored]] = []
         heads = dict(self._heads)
+        # room -> the greatest timestamp stored by this batch
+        lasts: dict[str, int] = {}
         try:
             db.execute("BEGIN IMMEDIATE")
             for job in batch:
-                results.append((job, self._insert(db, heads, job.room, job.draft)))
+                stored = self._insert(db, heads, job.room, job.draft)
+                results.append((job, stored))
+                if not stored.duplicate:
+                    lasts[job.room] = max(lasts.get(job.room, 0), job.draft.timestamp)
             for room in {job.room for job in batch}:
                 epoch, head = heads[room]
                 db.execute(
-                    "INSERT INTO rooms (name, epoch, head) VALUES (?, ?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET head = excluded.head",
-                    (room, epoch, head),
+                    "INSERT INTO rooms (name, epoch, head, last) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET head = excluded.head, "
+                    "last = max(rooms.last, excluded.last)",
+                    (room, epoch, head, lasts.get(room, 0)),
                 )
                 if head > self._retention:
                     db.execute(
@@ -322,6 +363,15 @@ class SQLiteBackend:
 
     async def rooms(self) -> list[str]:
         return await self._call(lambda: sorted(self._heads))
+
+    def _active_rooms(self, since: int) -> dict[str, int]:
+        rows = self._conn().execute(
+            "SELECT name, last FROM rooms WHERE last >= ?", (since,)
+        ).fetchall()
+        return {name: last for name, last in rows}
+
+    async def active_rooms(self, since: int) -> dict[str, int]:
+        return await self._call(lambda: self._active_rooms(since))
 
     def watch(self, room: str) -> None:
         pass

@@ -1,9 +1,16 @@
-"""JSON API, health and metrics: /api/rooms..., /healthz, /readyz, /metrics."""
+"""JSON API, health and metrics: /api/rooms..., /healthz, /readyz, /metrics.
+
+Every route is described by the OpenAPI document served at /api/openapi.json (the file
+openapi.json beside this module); tests/web/test_openapi.py holds them to it. Every
+value a request carries is parsed by chatroom.web.params before anything is read.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 from aiohttp import web
@@ -12,38 +19,74 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from chatroom.broker import BackendUnavailable
-from chatroom.core.events import read_cursor
-from chatroom.web.edge import checked, policy
+from chatroom.web.edge import policy
+from chatroom.web.params import (
+    RoomKey,
+    cursor_param,
+    int_param,
+    room_key_param,
+    room_param,
+    single,
+)
 from chatroom.web.state import TECHNIQUES, Chat, chat_key, json_error
 
 __all__ = ["ChatCollector", "routes"]
 
 routes = web.RouteTableDef()
 
+# most events one history page holds; most rooms one listing page holds
 MAX_HISTORY = 500
+MAX_ROOMS_PAGE = 100
+DEFAULT_PAGE = 50
+
+_OPENAPI = Path(__file__).with_name("openapi.json")
+
+
+@functools.cache
+def openapi_document() -> bytes:
+    """The OpenAPI 3.1 document of this API, read once."""
+    return _OPENAPI.read_bytes()
 
 
 def _json(body: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
+def _query(request: web.Request, name: str) -> str | None:
+    """The one value of query parameter `name`; None when absent; InvalidInput if repeated."""
+    return single(request.query.getall(name, []), name)
+
+
+@routes.get("/api/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=openapi_document(), content_type="application/json")
+
+
 @routes.get("/api/rooms")
 async def rooms(request: web.Request) -> web.Response:
+    """Live and recent rooms, busiest first; `next` is the cursor of the next page."""
     chat = request.app[chat_key]
-    listed = await chat.broker.rooms()
-    return _json({"rooms": [{"name": name, "members": count} for name, count in listed]})
+    limit = int_param(
+        _query(request, "limit"), name="limit", default=DEFAULT_PAGE, lo=1, hi=MAX_ROOMS_PAGE
+    )
+    after = room_key_param(_query(request, "cursor"), "cursor")
+    listed = await chat.broker.rooms(limit + 1, after)
+    page = listed[:limit]
+    following = str(RoomKey(page[-1][1], page[-1][0])) if len(listed) > limit else None
+    return _json(
+        {"rooms": [{"name": name, "members": count} for name, count in page], "next": following}
+    )
 
 
 @routes.get("/api/rooms/{room}/history")
-@policy(room=True)
 async def history(request: web.Request) -> web.Response:
     chat = request.app[chat_key]
-    room = checked(request).room
-    raw_limit = request.query.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_HISTORY:
-        return json_error(400, "bad_limit", f"limit must be a number from 1 to {MAX_HISTORY}")
-    before = read_cursor(request.query.get("before"))
-    events = await chat.broker.history(room, before, int(raw_limit))
+    room = room_param(request.match_info["room"])
+    limit = int_param(
+        _query(request, "limit"), name="limit", default=DEFAULT_PAGE, lo=1, hi=MAX_HISTORY
+    )
+    before = cursor_param(_query(request, "before"), "before")
+    events = await chat.broker.history(room, before, limit)
     body = (
         b'{"room":' + orjson.dumps(room)
         + b',"events":[' + b",".join(e.data for e in events) + b"]"
@@ -53,11 +96,16 @@ async def history(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/rooms/{room}/presence")
-@policy(room=True)
 async def presence(request: web.Request) -> web.Response:
     chat = request.app[chat_key]
-    room = checked(request).room
+    room = room_param(request.match_info["room"])
     return _json({"room": room, "members": await chat.broker.members(room)})
+
+
+@routes.get("/api/{path:.*}")
+async def no_such_route(request: web.Request) -> web.Response:
+    """Below /api/, a path no route serves is answered in JSON too (registered last)."""
+    return json_error(404, "not_found", "no such API route: see /api/openapi.json")
 
 
 @routes.get("/healthz")

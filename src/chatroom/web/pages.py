@@ -53,12 +53,15 @@ async def _welcome(
     room: str = "lobby",
     demo: str = "websocket",
 ) -> web.Response:
+    # the 50 busiest live rooms, and whether there are more (GET /api/rooms lists them all)
+    rooms = await chat.broker.rooms(51)
     return _render(
         chat,
         "welcome.html",
         status,
         error=error,
-        rooms=await chat.broker.rooms(),
+        rooms=rooms[:50],
+        more_rooms=len(rooms) > 50,
         form={"user": user, "room": room, "demo": demo if demo in TECHNIQUES else "websocket"},
     )
 
