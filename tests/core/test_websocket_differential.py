@@ -559,6 +559,8 @@ def cases(draw: st.DrawFn) -> Case:
 # --- the tests -----------------------------------------------------------------------
 
 
+# a few ms a stream; more streams may take longer than the suite's usual timeout
+@pytest.mark.timeout(max(300, EXAMPLES // 10))
 def test_core_and_websockets_agree_on_every_stream() -> None:
     used: Counter[str] = Counter()
     seen: Counter[str] = Counter()
