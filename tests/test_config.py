@@ -188,3 +188,10 @@ def test_the_readme_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None
     assert flags
     missing = sorted(f for f in flags if f"`{f}`" not in readme)
     assert missing == []
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("chatroom ")

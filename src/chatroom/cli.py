@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import Field, fields
 from typing import Any
 
+from chatroom import __version__
 from chatroom.app import create_app
 from chatroom.broker.registry import is_shared
 from chatroom.config import SecretError, Settings, load_secret
@@ -70,6 +71,7 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
         description="A real-time chat server: Active Refresh, Long Polling, WebSocket and "
         "Server-Sent Events in one room.",
     )
+    parser.add_argument("--version", action="version", version=f"chatroom {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser(
         "serve",
