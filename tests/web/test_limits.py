@@ -73,12 +73,16 @@ async def test_opening_rooms_is_rate_limited_per_address(tmp_path: Path) -> None
                 statuses.append((await demo(client, server, "alice", room=f"room{i}")).status)
             # rooms that exist cost nothing to enter
             assert (await demo(client, server, "alice", room="room0")).status == 302
-            # nor can a room page open a new room past the limit
-            async with client.get(
-                f"{server.url}/longpolling/room", params={"room": "another"},
-                allow_redirects=False,
-            ) as response:
-                assert response.status == 429
+            # nor can a room page, a poll or a stream open a new room past the limit
+            for path in ("/longpolling/room", "/longpolling/room/messages", "/sse/room/events"):
+                async with client.get(
+                    f"{server.url}{path}", params={"room": "another"}, allow_redirects=False
+                ) as response:
+                    assert response.status == 429, path
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                async with open_ws(client, server, room="another"):
+                    pass
+            assert refused.value.status == 429
         assert statuses == [302, 302, 429, 429]
         async with new_client() as client, client.get(f"{server.url}/api/rooms") as response:
             names = {r["name"] for r in (await response.json())["rooms"]}

@@ -12,7 +12,7 @@ from chatroom.broker import Delivery, SlowConsumer, Subscription
 from chatroom.core.events import read_cursor
 from chatroom.core.presence import LeftRoom
 from chatroom.web.edge import checked, policy
-from chatroom.web.saying import say
+from chatroom.web.saying import enter_room, say
 from chatroom.web.server import gone
 from chatroom.web.state import chat_key
 
@@ -34,6 +34,7 @@ async def wait_for_news(request: web.Request) -> web.Response:
     chat = request.app[chat_key]
     edge = checked(request)
     room, session = edge.room, edge.require_session()
+    await enter_room(chat, room, edge.address)
     await chat.broker.poll(room, session.user, session.sid)
     cursor = read_cursor(request.query.get("lastReceived"))
     batch: list[Delivery] = []

@@ -11,7 +11,7 @@ from aiohttp import web
 from chatroom.broker import BackendUnavailable, Delivery, SlowConsumer, Subscription
 from chatroom.core.events import read_cursor
 from chatroom.web.edge import checked, policy
-from chatroom.web.saying import new_conn_id
+from chatroom.web.saying import enter_room, new_conn_id
 from chatroom.web.server import limit_send_buffer
 from chatroom.web.state import chat_key
 
@@ -40,6 +40,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         request.headers.get("Last-Event-ID") or request.query.get("lastReceived")
     )
     conn = new_conn_id()
+    await enter_room(chat, room, edge.address)
     # refusals (NicknameTaken 409, LeftRoom 410, BackendUnavailable 503) are the edge's
     await chat.broker.connect(room, session.user, session.sid, conn)
 

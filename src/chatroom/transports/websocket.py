@@ -39,7 +39,7 @@ from chatroom.core.websocket import (
     parse_close,
 )
 from chatroom.web.edge import Ticket, answer, checked, policy
-from chatroom.web.saying import draft, give_back, new_conn_id, take_turn
+from chatroom.web.saying import draft, enter_room, give_back, new_conn_id, take_turn
 from chatroom.web.security import Session
 from chatroom.web.server import limit_send_buffer
 from chatroom.web.state import Chat, chat_key, json_error
@@ -90,6 +90,7 @@ async def socket(request: web.Request) -> web.StreamResponse:
     edge = checked(request)
     room, session = edge.room, edge.require_session()
     cursor = read_cursor(request.query.get("lastReceived"))
+    await enter_room(chat, room, edge.address)
 
     headers = request.headers
     # exactly "websocket", as aiohttp's parser requires to hand over what follows

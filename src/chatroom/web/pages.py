@@ -14,7 +14,7 @@ from aiohttp import web
 from chatroom.core.presence import NicknameTaken
 from chatroom.core.validation import InvalidInput, validate_nickname, validate_room
 from chatroom.web.edge import Refused, checked, checked_so_far, policy
-from chatroom.web.saying import say
+from chatroom.web.saying import enter_room, say
 from chatroom.web.security import COOKIE
 from chatroom.web.state import TECHNIQUES, Chat, chat_key
 
@@ -93,19 +93,6 @@ async def welcome(request: web.Request) -> web.Response:
     )
 
 
-async def _allow_room(chat: Chat, room: str, address: str) -> None:
-    """Opening a room that does not exist yet takes a turn of the address's room rate."""
-    if await chat.broker.room_exists(room):
-        return
-    wait = chat.limits.new_room.check(address)
-    if wait > 0:
-        raise Refused(
-            429, "rate_limited",
-            f"too many new rooms from your address: wait {wait:.0f} s, or join a room in use",
-            retry_after=wait,
-        )
-
-
 @routes.get("/demo")
 @policy(session="optional")
 async def demo(request: web.Request) -> web.StreamResponse:
@@ -134,7 +121,7 @@ async def demo(request: web.Request) -> web.StreamResponse:
             **form,
         )
     try:
-        await _allow_room(chat, room, edge.address)
+        await enter_room(chat, room, edge.address)
     except Refused as refused:
         return await _welcome(chat, refused.status, refused.reason, **form)
     current = edge.session
@@ -181,7 +168,7 @@ async def _room_page(
     if enter:
         if edge.cross_site:
             raise _to_welcome(room, technique, "cross_site")
-        await _allow_room(chat, room, edge.address)
+        await enter_room(chat, room, edge.address)
         try:
             await chat.broker.poll(room, session.user, session.sid)
         except NicknameTaken:

@@ -1,4 +1,4 @@
-"""Saying: one message from a checked request to a stored event, for every transport.
+"""Entering a room and saying: from a checked request to the broker, for every transport.
 
 The order is the edge's: the values first (the text and client_id, 400 if bad: a
 refused message spends nothing), then the rate limits (per session, then per client
@@ -16,11 +16,26 @@ from chatroom.web.edge import Refused
 from chatroom.web.security import Session
 from chatroom.web.state import Chat
 
-__all__ = ["draft", "give_back", "new_conn_id", "say", "take_turn"]
+__all__ = ["draft", "enter_room", "give_back", "new_conn_id", "say", "take_turn"]
 
 
 def new_conn_id() -> str:
     return uuid.uuid4().hex
+
+
+async def enter_room(chat: Chat, room: str, address: str) -> None:
+    """Before a session enters a room: opening a room that does not exist yet takes a
+    turn of the address's new-room rate (429 when spent); entering one that does is free.
+    """
+    if await chat.broker.room_exists(room):
+        return
+    wait = chat.limits.new_room.check(address)
+    if wait > 0:
+        raise Refused(
+            429, "rate_limited",
+            f"too many new rooms from your address: wait {wait:.0f} s, or join a room in use",
+            retry_after=wait,
+        )
 
 
 def draft(chat: Chat, session: Session, text: object, client_id: object) -> Draft:
