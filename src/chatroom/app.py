@@ -17,7 +17,8 @@ from chatroom.broker import Backend, Broker, open_backend
 from chatroom.config import Settings
 from chatroom.transports import longpoll, sse, websocket
 from chatroom.web import api, pages
-from chatroom.web.edge import ConnectionGate, Edge, answer, policy_of
+from chatroom.web.edge import ConnectionGate, Edge, policy_of
+from chatroom.web.refusals import CLOSE_GOING_AWAY, answer
 from chatroom.web.security import Networks, SessionSigner
 from chatroom.web.server import ConnectionGuard, guard_key, request_started
 from chatroom.web.state import Chat, Limits, chat_key, refusal_response
@@ -149,7 +150,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         await asyncio.gather(
             *(
                 ws.close(
-                    code=websocket.CLOSE_GOING_AWAY,
+                    code=CLOSE_GOING_AWAY,
                     message=b"server shutting down",
                     # well inside the runner's shutdown timeout
                     within=1.0,

@@ -25,7 +25,6 @@ from aiohttp import web
 
 from chatroom.broker import BackendUnavailable, Draft, SlowConsumer, Subscription
 from chatroom.core.events import Position, read_cursor, ws_frame
-from chatroom.core.presence import LeftRoom, NicknameTaken
 from chatroom.core.websocket import (
     OP_CLOSE,
     OP_PING,
@@ -38,34 +37,26 @@ from chatroom.core.websocket import (
     control_frame,
     parse_close,
 )
-from chatroom.web.edge import Ticket, answer, checked, policy
+from chatroom.web.edge import Ticket, checked, policy
+from chatroom.web.refusals import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_LEFT,
+    CLOSE_NORMAL,
+    CLOSE_TOO_SLOW,
+    CLOSE_TRY_AGAIN_LATER,
+    answer,
+)
 from chatroom.web.saying import draft, enter_room, give_back, new_conn_id, take_turn
 from chatroom.web.security import Session
 from chatroom.web.server import limit_send_buffer
 from chatroom.web.state import Chat, chat_key, json_error
 
-__all__ = [
-    "CLOSE_GOING_AWAY",
-    "CLOSE_LEFT",
-    "CLOSE_NICKNAME_TAKEN",
-    "CLOSE_TOO_SLOW",
-    "CLOSE_TRY_AGAIN_LATER",
-    "heartbeat",
-    "routes",
-]
+__all__ = ["heartbeat", "routes"]
 
 log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
-
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_TRY_AGAIN_LATER = 1013
-# Application close codes (4000-4999 are ours to define).
-CLOSE_LEFT = 4000
-CLOSE_TOO_SLOW = 4008
-CLOSE_NICKNAME_TAKEN = 4009
 
 # How long a close frame waits for the client's before the connection is dropped.
 CLOSE_TIMEOUT = 10.0
@@ -226,15 +217,14 @@ class _Socket(asyncio.Protocol):
         chat, session = self.chat, self.session
         try:
             await chat.broker.connect(self.room, session.user, session.sid, self.conn)
-        except NicknameTaken as exc:
-            self._refuse(CLOSE_NICKNAME_TAKEN, str(exc))
-            return
-        except LeftRoom as exc:
-            self._refuse(CLOSE_LEFT, str(exc))
-            return
-        except BackendUnavailable as exc:
-            chat.problems.warning("backend", "websocket refused, backend unavailable: %s", exc)
-            self._refuse(CLOSE_TRY_AGAIN_LATER, "backend unavailable: retry")
+        except Exception as exc:
+            refused = answer(exc)
+            if refused is None or refused.close_code is None:
+                self._refuse(CLOSE_INTERNAL_ERROR, "the server could not open this socket")
+                raise
+            if isinstance(exc, BackendUnavailable):
+                chat.problems.warning("backend", "websocket refused, backend unavailable: %s", exc)
+            self._refuse(refused.close_code, refused.reason)
             return
         except BaseException:
             self._refuse(CLOSE_INTERNAL_ERROR, "the server could not open this socket")

@@ -29,9 +29,8 @@ from urllib.parse import parse_qsl
 import orjson
 from aiohttp import hdrs, web
 
-from chatroom.broker import BackendUnavailable
-from chatroom.core.presence import LeftRoom, NicknameTaken
-from chatroom.core.validation import InvalidInput, validate_room
+from chatroom.core.validation import validate_room
+from chatroom.web.refusals import NoSession, Refused, answer
 from chatroom.web.security import (
     COOKIE,
     BadHeader,
@@ -67,48 +66,6 @@ H = TypeVar("H", bound=Handler)
 
 # a form or JSON body: field -> value (JSON values may be any JSON type)
 Form = dict[str, object]
-
-
-class Refused(Exception):
-    """A request refused at the edge or by a rule: its status, code, reason and wait."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        reason: str,
-        retry_after: float | None = None,
-        field: str | None = None,
-    ) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.code = code
-        self.reason = reason
-        self.retry_after = retry_after
-        # the input that was wrong, for a 400
-        self.field = field
-
-
-class NoSession(Refused):
-    def __init__(self) -> None:
-        super().__init__(401, "no_session", "no session: open / and pick a nickname")
-
-
-def answer(exc: BaseException) -> Refused | None:
-    """The one table from a refusal to its answer; None for an exception that is a bug."""
-    if isinstance(exc, Refused):
-        return exc
-    if isinstance(exc, InvalidInput):
-        return Refused(400, "invalid", exc.reason, field=exc.field)
-    if isinstance(exc, NicknameTaken):
-        return Refused(409, "nickname_taken", str(exc))
-    if isinstance(exc, LeftRoom):
-        return Refused(410, "left", str(exc))
-    if type(exc).__name__ == "NotMember":
-        return Refused(403, "not_member", str(exc))
-    if isinstance(exc, BackendUnavailable):
-        return Refused(503, "unavailable", str(exc), retry_after=2.0)
-    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,8 @@ from aiohttp import web
 
 from chatroom.core.presence import NicknameTaken
 from chatroom.core.validation import InvalidInput, validate_nickname, validate_room
-from chatroom.web.edge import Refused, checked, checked_so_far, policy
+from chatroom.web.edge import checked, checked_so_far, policy
+from chatroom.web.refusals import Refused
 from chatroom.web.saying import enter_room, say
 from chatroom.web.security import COOKIE
 from chatroom.web.state import TECHNIQUES, Chat, chat_key

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 
 from chatroom.broker import Draft, Stored
-from chatroom.web.edge import Refused
+from chatroom.web.refusals import Refused
 from chatroom.web.security import Session
 from chatroom.web.state import Chat
 

@@ -15,7 +15,8 @@ from aiohttp import web
 from chatroom.broker import Broker
 from chatroom.config import Settings
 from chatroom.observability import Throttled
-from chatroom.web.edge import Edge, Refused
+from chatroom.web.edge import Edge
+from chatroom.web.refusals import Refused
 from chatroom.web.security import RateLimiter, SessionSigner
 
 __all__ = [
