@@ -16,7 +16,7 @@ from chatroom.web.server import GuardedRunner, listen
 from chatroom.web.state import Chat, chat_key
 from tests.redis_server import free_port
 
-__all__ = ["SECRET", "UNLIMITED", "Server", "login", "new_client", "start_server"]
+__all__ = ["SECRET", "UNLIMITED", "Server", "login", "new_client", "present", "start_server"]
 
 SECRET = b"test-secret-not-for-production-0123456789"
 
@@ -62,6 +62,22 @@ async def start_server(
     await runner.setup()
     _, port = await listen(runner, "127.0.0.1", 0)
     return Server(f"http://127.0.0.1:{port}", app, runner, port)
+
+
+# How long present() keeps a test's speaker in a room: longer than any test runs.
+PRESENT_FOR = 3600.0
+
+
+async def present(broker: Broker, room: str, user: str, session: str) -> None:
+    """Make `session` a live member of `room` as `user`, so that it may speak there.
+
+    Through the backend's presence, as the welcome page does (also after a leave), but
+    without the join event: the tests that use it count the events of the room, and
+    only what they say.
+    """
+    await broker.backend.presence.touch(
+        room, user, session, f"test:{session}", PRESENT_FOR, rejoin=True
+    )
 
 
 def new_client() -> aiohttp.ClientSession:
@@ -154,11 +170,19 @@ def cookie_of(client: aiohttp.ClientSession, server: Server) -> str:
 async def publish(
     server: Server, room: str, texts: list[str], user: str = "bot", session: str = "bot-sid"
 ) -> list[str]:
-    """Store messages straight through the broker (no rate limit); return their ids."""
+    """Store messages straight through the broker (no rate limit); return their ids.
+
+    The speaker is a member of the room only while it speaks: it enters and leaves
+    without a join or a leave event (see present()), and is nobody's presence after.
+    """
+    await present(server.broker, room, user, session)
     ids = []
-    for text in texts:
-        stored = await server.broker.say(room, user, session, text)
-        ids.append(stored.event.id)
+    try:
+        for text in texts:
+            stored = await server.broker.say(room, user, session, text)
+            ids.append(stored.event.id)
+    finally:
+        await server.broker.backend.presence.leave(room, user, session)
     return ids
 
 

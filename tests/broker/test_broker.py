@@ -23,16 +23,19 @@ from chatroom.broker.backend import BackendUnavailable, Listener, Page
 from chatroom.broker.broker import Delivery
 from chatroom.broker.memory import MemoryBackend
 from chatroom.core.events import Event, Position
-from chatroom.core.presence import NicknameTaken
+from chatroom.core.presence import LeftRoom, NicknameTaken, NotMember
 from chatroom.core.validation import InvalidInput
 from tests.broker.conftest import Backends
+from tests.support import present
 
 ROOM = "lobby"
 OTHER_EPOCH = "zz000000"
 
 
 async def say(broker: Broker, n: int, room: str = ROOM, *, together: bool = True) -> list[Event]:
-    """Say n messages (concurrently unless told not to); their events in id order."""
+    """Say n messages as alice, a member of the room (concurrently unless told not to);
+    their events in id order."""
+    await present(broker, room, "alice", "s1")
     if together:
         stored = await asyncio.gather(*(broker.say(room, "alice", "s1", f"m{i}") for i in range(n)))
     else:
@@ -75,6 +78,7 @@ async def test_no_cursor_gets_the_last_50_then_live(backends: Backends) -> None:
     async with broker.subscribe(ROOM) as sub:
         assert await anext(sub) == said[-50:]
         assert sub.cursor == said[-1].position
+        await present(broker, ROOM, "bob", "s2")
         live = (await broker.say(ROOM, "bob", "s2", "live")).event
         assert await take(sub, 1) == [live]
 
@@ -111,6 +115,7 @@ async def test_resuming_at_the_head_gets_only_what_comes_next(backends: Backends
         consumer = asyncio.create_task(take(sub, 1))
         await asyncio.sleep(0.01)
         assert not consumer.done()
+        await present(broker, ROOM, "bob", "s2")
         nxt = (await broker.say(ROOM, "bob", "s2", "next")).event
         assert await consumer == [nxt]
 
@@ -136,6 +141,7 @@ async def test_reset_comes_first_when_the_cursor_is_unknown(
         assert reset.id is None  # nothing to resume from
         assert orjson.loads(reset.data) == {"type": "reset", "id": retained[0].id}
         assert got[1:] == retained
+        await present(broker, ROOM, "bob", "s2")
         live = (await broker.say(ROOM, "bob", "s2", "after the reset")).event
         assert await take(sub, 1) == [live]
 
@@ -166,6 +172,8 @@ async def test_concurrent_publishes_reach_every_subscriber_in_id_order(
     wanted = (205, 200, 205)
     consumers = [asyncio.create_task(take(s, n)) for s, n in zip(subs, wanted, strict=True)]
     await asyncio.sleep(0.01)
+    for i in range(7):
+        await present(broker, ROOM, f"user{i}", f"s{i}")
     results = await asyncio.gather(
         *(broker.say(ROOM, f"user{i % 7}", f"s{i % 7}", f"m{i}") for i in range(200))
     )
@@ -188,6 +196,7 @@ async def test_a_stalled_subscriber_is_cut_off_and_no_one_waits_for_it(
 ) -> None:
     max_pending = 32
     broker = await backends.broker(max_pending=max_pending)
+    await present(broker, ROOM, "alice", "s1")
     first = (await broker.say(ROOM, "alice", "s1", "first")).event
     stalled = broker.subscribe(ROOM)
     assert await anext(stalled) == [first]  # it read its history, then its socket stalls
@@ -227,6 +236,7 @@ async def test_a_subscription_not_yet_read_holds_nothing_and_catches_up(
     backends: Backends,
 ) -> None:
     broker = await backends.broker(max_pending=8, page=64)
+    await present(broker, ROOM, "alice", "s1")
     first = (await broker.say(ROOM, "alice", "s1", "first")).event
     sub = broker.subscribe(ROOM, first.position)
     said: list[Event] = []
@@ -243,6 +253,7 @@ async def test_a_waiting_subscriber_is_not_cut_off_by_a_burst(backends: Backends
     burst can hand more than max_pending events at once to a subscriber that is idle,
     waiting for news. It is not behind; it must not be cut off."""
     broker = await backends.broker(max_pending=8)
+    await present(broker, ROOM, "alice", "s1")
     first = (await broker.say(ROOM, "alice", "s1", "first")).event
     async with broker.subscribe(ROOM, first.position) as sub:
         consumer = asyncio.create_task(take(sub, 100))
@@ -281,6 +292,7 @@ async def test_a_burst_larger_than_the_bound_reaches_a_waiting_subscriber_whole(
     try:
         before: list[Event] = []
         if history:
+            await present(broker, ROOM, "alice", "s1")
             before = [(await broker.say(ROOM, "alice", "s1", "first")).event]
             backend.flush(ROOM)
         async with broker.subscribe(ROOM) as sub:
@@ -288,6 +300,7 @@ async def test_a_burst_larger_than_the_bound_reaches_a_waiting_subscriber_whole(
                 assert await anext(sub) == before
             consumer = asyncio.create_task(take(sub, 10, within=1))
             await asyncio.sleep(0.01)
+            await present(broker, ROOM, "bob", "s2")
             said = [(await broker.say(ROOM, "bob", "s2", f"m{i}")).event for i in range(10)]
             backend.flush(ROOM)  # ten at once, to a subscriber waiting for news
             assert events_of(await consumer) == said
@@ -319,11 +332,13 @@ async def test_events_dropped_from_the_queue_during_a_read_are_read_after_it() -
     broker = Broker(backend, max_pending=4)
     await broker.start()
     try:
+        await present(broker, ROOM, "alice", "s1")
         first = (await broker.say(ROOM, "alice", "s1", "first")).event
         async with broker.subscribe(ROOM, first.position) as sub:
             backend.gate = gate = asyncio.Event()
             consumer = asyncio.create_task(take(sub, 10, within=1))
             await backend.reading.wait()  # the read is made; its answer is not back yet
+            await present(broker, ROOM, "bob", "s2")
             said = [(await broker.say(ROOM, "bob", "s2", f"m{i}")).event for i in range(10)]
             backend.gate = None
             gate.set()
@@ -502,6 +517,84 @@ async def test_after_leave_a_socket_still_open_does_not_bring_the_member_back(
     assert await broker.members(ROOM) == []
 
 
+async def test_only_a_member_of_the_room_may_speak_there(backends: Backends) -> None:
+    broker = await backends.broker(**QUICK)
+    drafts = [broker.draft("alice", "s1", "hi")]
+    with pytest.raises(NotMember, match="welcome page"):
+        await broker.say(ROOM, "alice", "s1", "hi")  # never entered: no join, no presence
+    with pytest.raises(NotMember):
+        await broker.say_many(ROOM, "alice", "s1", drafts)
+    await broker.claim("kitchen", "alice", "s1")
+    with pytest.raises(NotMember):
+        await broker.say(ROOM, "alice", "s1", "hi")  # a member of another room only
+    assert await stored(broker) == []
+    assert await broker.members(ROOM) == []
+
+    await broker.claim(ROOM, "alice", "s1")
+    said = (await broker.say(ROOM, "alice", "s1", "hi")).event
+    more = await broker.say_many(ROOM, "alice", "s1", drafts)
+    assert await stored(broker) == [("join", "alice"), ("message", "alice"), ("message", "alice")]
+    assert [said.text, more[0].event.text] == ["hi", "hi"]
+    # someone else's name: taken while she is live
+    with pytest.raises(NicknameTaken):
+        await broker.say(ROOM, "alice", "s2", "me too")
+
+    # her presence ran out (no poll, no socket): she may not speak until she is back
+    await eventually(broker, [*await stored(broker), ("leave", "alice")])
+    with pytest.raises(NotMember):
+        await broker.say(ROOM, "alice", "s1", "still here?")
+    await broker.poll(ROOM, "alice", "s1")
+    await broker.say(ROOM, "alice", "s1", "back")
+
+    # after Leave, she is told she left (not merely that she is no member)
+    await broker.leave(ROOM, "alice", "s1")
+    with pytest.raises(LeftRoom):
+        await broker.say(ROOM, "alice", "s1", "gone")
+    with pytest.raises(LeftRoom):
+        await broker.say_many(ROOM, "alice", "s1", drafts)
+
+
+async def test_another_session_of_the_same_name_cannot_undo_a_leave(
+    backends: Backends,
+) -> None:
+    """A session that got the same nickname in another room (/demo) posts Leave to the
+    room of the one that left: nothing is stored, and the one that left stays out."""
+    broker = await backends.broker(**QUICK)
+    await broker.claim(ROOM, "alice", "s1")
+    await broker.leave(ROOM, "alice", "s1")
+    await broker.claim("kitchen", "alice", "s2")
+    await broker.leave(ROOM, "alice", "s2")
+    assert await stored(broker) == [("join", "alice"), ("leave", "alice")]
+    with pytest.raises(LeftRoom):
+        await broker.poll(ROOM, "alice", "s1")
+    with pytest.raises(LeftRoom):
+        await broker.connect(ROOM, "alice", "s1", "tab")
+    with pytest.raises(LeftRoom):
+        await broker.say(ROOM, "alice", "s1", "back without the welcome page")
+    assert await broker.members("kitchen") == ["alice"]  # s2's own presence is its own
+    await broker.claim(ROOM, "alice", "s1")  # the welcome page lets her in again
+    await broker.say(ROOM, "alice", "s1", "back")
+    assert await stored(broker) == [
+        ("join", "alice"), ("leave", "alice"), ("join", "alice"), ("message", "alice"),
+    ]
+
+
+async def test_a_look_alike_of_a_live_nickname_is_refused(backends: Backends) -> None:
+    broker = await backends.broker(**QUICK)
+    await broker.claim(ROOM, "victim", "s1")
+    for i, other in enumerate(["Victim", "v\u0456ctim", "\uff56\uff49\uff43\uff54\uff49\uff4d"]):
+        with pytest.raises(NicknameTaken):
+            await broker.claim(ROOM, other, f"other{i}")
+        with pytest.raises(NicknameTaken):
+            await broker.connect(ROOM, other, f"other{i}", f"tab{i}")
+        with pytest.raises(NicknameTaken):
+            await broker.say(ROOM, other, f"other{i}", "it is me")
+        await broker.leave(ROOM, other, f"other{i}")  # removes no one, stores nothing
+    assert await stored(broker) == [("join", "victim")]
+    assert await broker.members(ROOM) == ["victim"]
+    await broker.say(ROOM, "victim", "s1", "still me")
+
+
 async def test_close_ends_every_subscription(backends: Backends) -> None:
     broker = await backends.broker()
     await say(broker, 3)
@@ -562,6 +655,7 @@ async def test_say_refuses_bad_input_and_stores_nothing(
         await asyncio.sleep(0.02)
         assert not watcher.done()
         # and the room carries on: the next good say is event 1
+        await present(broker, ROOM, "alice", "s1")
         good = (await broker.say(ROOM, "alice", "s1", "fine", "k" * 64)).event
         assert good.offset == 1
         assert await watcher == [good]
@@ -572,6 +666,7 @@ async def test_say_trims_and_is_idempotent_per_client_id(backends: Backends) -> 
     async with broker.subscribe(ROOM) as sub:
         watcher = asyncio.create_task(take(sub, 2))
         await asyncio.sleep(0.01)
+        await present(broker, ROOM, "alice", "s1")
         first = await broker.say(ROOM, "alice", "s1", "  hello  ", "c-1")
         retry = await broker.say(ROOM, "alice", "s1", "hello", "c-1")
         other = await broker.say(ROOM, "alice", "s1", "hello", "c-2")

@@ -20,7 +20,7 @@ import pytest
 from chatroom.broker import Backend, open_backend
 from chatroom.broker.backend import Draft, Stored
 from chatroom.core.events import Event, EventType, Position, parse_cursor
-from chatroom.core.presence import LeftRoom, NicknameTaken
+from chatroom.core.presence import LeftRoom, NicknameTaken, NotMember
 from tests.broker.conftest import Backends
 
 TS = 1_764_115_200_123
@@ -449,8 +449,10 @@ async def test_presence_touch_check_members_counts(backends: Backends) -> None:
     with pytest.raises(NicknameTaken):
         await presence.check(ROOM, "alice", "s2")
     await presence.check(ROOM, "alice", "s1")
-    await presence.check(ROOM, "bob", "s2")
+    with pytest.raises(NotMember):
+        await presence.check(ROOM, "bob", "s2")  # not in the room: it may not speak there
     assert await presence.touch(ROOM, "bob", "s2", "c3", 5) is True
+    await presence.check(ROOM, "bob", "s2")
     assert await presence.touch("kitchen", "carol", "s3", "c4", 5) is True
     assert await presence.members(ROOM) == ["alice", "bob"]
     assert await presence.members("kitchen") == ["carol"]
@@ -517,6 +519,113 @@ async def test_presence_a_session_that_left_stays_out_until_it_rejoins(
     assert await presence.touch(ROOM, "alice", "s1", "ws", 5) is False
     await presence.check(ROOM, "alice", "s1")
     assert await presence.members(ROOM) == ["alice"]
+
+
+async def test_presence_leave_belongs_to_the_session_that_left(backends: Backends) -> None:
+    """Another session with the same nickname (minted in another room) can neither
+    undo nor take over the Leave of the session that pressed it."""
+    presence = (await backends.start()).presence
+    assert await presence.touch(ROOM, "alice", "s1", "ws", 5) is True
+    assert await presence.leave(ROOM, "alice", "s1") is True
+    assert await presence.touch("kitchen", "alice", "s2", "poll", 5) is True
+    # s2 presses Leave in the room it never entered: nothing of s1's changes
+    assert await presence.leave(ROOM, "alice", "s2") is False
+    with pytest.raises(LeftRoom):
+        await presence.touch(ROOM, "alice", "s1", "ws", 5)
+    with pytest.raises(LeftRoom):
+        await presence.check(ROOM, "alice", "s1")
+    # s2 enters through the welcome page and holds the name (s1 is told so), lifting
+    # only its own marker; s1's welcome page finds the name taken and lifts nothing
+    assert await presence.touch(ROOM, "alice", "s2", "poll", 5, rejoin=True) is True
+    with pytest.raises(NicknameTaken):
+        await presence.check(ROOM, "alice", "s1")
+    with pytest.raises(NicknameTaken):
+        await presence.touch(ROOM, "alice", "s1", "poll", 5, rejoin=True)
+    assert await presence.leave(ROOM, "alice", "s2") is True
+    # the name is free again, and s1 is still out
+    with pytest.raises(LeftRoom):
+        await presence.touch(ROOM, "alice", "s1", "ws", 5)
+    with pytest.raises(LeftRoom):
+        await presence.check(ROOM, "alice", "s1")
+    # only its own rejoin lets s1 back in
+    assert await presence.touch(ROOM, "alice", "s1", "poll", 5, rejoin=True) is True
+    await presence.check(ROOM, "alice", "s1")
+    assert await presence.members(ROOM) == ["alice"]
+
+
+async def test_presence_a_leave_from_another_session_removes_no_one(
+    backends: Backends,
+) -> None:
+    presence = (await backends.start()).presence
+    assert await presence.touch(ROOM, "alice", "s1", "ws", 5) is True
+    assert await presence.leave(ROOM, "alice", "s2") is False
+    assert await presence.leave(ROOM, "Alice", "s2") is False  # nor under a look-alike
+    assert await presence.members(ROOM) == ["alice"]
+    await presence.check(ROOM, "alice", "s1")
+    assert await presence.touch(ROOM, "alice", "s1", "ws", 5) is False
+    assert await presence.expire() == []
+
+
+async def test_presence_check_lets_only_a_live_member_speak(backends: Backends) -> None:
+    presence = (await backends.start()).presence
+    with pytest.raises(NotMember):
+        await presence.check(ROOM, "alice", "s1")  # never entered
+    assert await presence.touch("kitchen", "alice", "s1", "ws", 5) is True
+    with pytest.raises(NotMember):
+        await presence.check(ROOM, "alice", "s1")  # a member elsewhere only
+    assert await presence.touch(ROOM, "alice", "s1", "poll", 0.2) is True
+    await presence.check(ROOM, "alice", "s1")
+    await asyncio.sleep(0.4)
+    # ran out, not reaped yet: listed by no one, and not live
+    assert await presence.members(ROOM) == []
+    with pytest.raises(NotMember):
+        await presence.check(ROOM, "alice", "s1")
+    # a poll makes it live again, and that is no second join
+    assert await presence.touch(ROOM, "alice", "s1", "poll", 5) is False
+    await presence.check(ROOM, "alice", "s1")
+    # another session: taken while she is live
+    with pytest.raises(NicknameTaken):
+        await presence.check(ROOM, "alice", "s2")
+    # once she left, her session is told it left (not "not a member")
+    assert await presence.leave(ROOM, "alice", "s1") is True
+    with pytest.raises(LeftRoom):
+        await presence.check(ROOM, "alice", "s1")
+    with pytest.raises(NotMember):
+        await presence.check(ROOM, "alice", "s2")
+    assert await presence.expire() == []  # her kitchen presence lives on
+    await presence.check("kitchen", "alice", "s1")
+
+
+async def test_presence_look_alike_nicknames_are_one_name(backends: Backends) -> None:
+    presence = (await backends.start()).presence
+    assert await presence.touch(ROOM, "victim", "s1", "ws", 5) is True
+    look_alikes = ["Victim", "VICTIM", "v\u0456ctim", "\uff56\uff49\uff43\uff54\uff49\uff4d"]
+    for i, other in enumerate(look_alikes):
+        session = f"other{i}"
+        with pytest.raises(NicknameTaken):
+            await presence.touch(ROOM, other, session, "ws", 5, rejoin=True)
+        with pytest.raises(NicknameTaken):
+            await presence.check(ROOM, other, session)
+        assert await presence.leave(ROOM, other, session) is False
+    assert await presence.members(ROOM) == ["victim"]
+    assert await presence.counts() == {ROOM: 1}
+    # the holder under a look-alike of its own name is the same member: no second join;
+    # polls and heartbeats keep the name shown, the welcome page shows the new spelling
+    await presence.check(ROOM, "Victim", "s1")
+    assert await presence.touch(ROOM, "Victim", "s1", "poll", 5) is False
+    assert await presence.members(ROOM) == ["victim"]
+    assert await presence.touch(ROOM, "Victim", "s1", "poll", 5, rejoin=True) is False
+    assert await presence.members(ROOM) == ["Victim"]
+    # leave and expiry report the name shown
+    await presence.release(ROOM, "victim", "ws", 0.1)
+    await presence.release(ROOM, "Victim", "poll", 0.1)
+    await asyncio.sleep(0.3)
+    assert await presence.expire() == [(ROOM, "Victim")]
+    # and the name is free, for any spelling of it
+    assert await presence.touch(ROOM, "v\u0456ctim", "s2", "ws", 5) is True
+    assert await presence.members(ROOM) == ["v\u0456ctim"]
+    with pytest.raises(NicknameTaken):
+        await presence.touch(ROOM, "victim", "s1", "ws", 5)
 
 
 # --- the registry ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from chatroom.broker.broker import Delivery
 from chatroom.core.events import Event, Position
 from tests.broker.conftest import Backends
 from tests.broker.test_broker import ROOM, say, take
-from tests.support import eventually
+from tests.support import eventually, present
 
 pytestmark = pytest.mark.asyncio
 
@@ -80,6 +80,7 @@ async def say_in_bits(broker: Broker) -> list[Event]:
 
 async def behind(broker: Broker, socket: Socket) -> tuple[Subscription, list[Event]]:
     """A subscriber with a sink, 20 events behind: they come from history, in pages."""
+    await present(broker, ROOM, "alice", "s1")
     first = (await broker.say(ROOM, "alice", "s1", "first")).event
     said = await say(broker, 20)
     sub = broker.subscribe(ROOM, first.position)
@@ -89,6 +90,7 @@ async def behind(broker: Broker, socket: Socket) -> tuple[Subscription, list[Eve
 
 async def parked(broker: Broker, socket: Socket) -> tuple[Subscription, asyncio.Task[None]]:
     """A caught-up subscriber with a sink, its consumer parked."""
+    await present(broker, ROOM, "alice", "s1")
     first = (await broker.say(ROOM, "alice", "s1", "first")).event
     sub = broker.subscribe(ROOM, first.position)
     sub.set_sink(socket, "sse")
@@ -303,6 +305,7 @@ async def test_a_woken_callback_subscriber_is_not_cut_off_by_a_second_push(
     """Two batches in one loop turn, before its pump ran: as for a parked consumer
     that iterates, the overflow is read back from the backend, not a cut-off."""
     broker = await backends.broker(max_pending=64)
+    await present(broker, ROOM, "alice", "s1")
     head = (await broker.say(ROOM, "alice", "s1", "first")).event
     sub = broker.subscribe(ROOM, head.position)
     calls: list[int] = []

@@ -30,6 +30,14 @@ class Speaker:
     async def enter(self) -> None:
         self.csrf = (await login(self.client, self.server, "bob", self.room)).csrf
 
+    async def poll(self) -> None:
+        """What his long-poll page does whenever it is loaded or polls: keeps him in the
+        room, and brings him back in after a restart lost every presence."""
+        async with self.client.get(
+            f"{self.server.url}/longpolling/room", params={"room": self.room}
+        ) as response:
+            assert response.status == 200, await response.text()
+
     async def say(self, text: str) -> str:
         async with self.client.post(
             f"{self.server.url}/longpolling/room/messages",
@@ -116,6 +124,8 @@ async def test_page_comes_back_after_a_server_restart(
     await alice.page.locator("#status[data-state=reconnecting]").wait_for(timeout=5_000)
     await asyncio.sleep(0.5)  # a failed attempt or two: the page backs off
     await start_again(server, tmp_path / "chat.db")
+    # the new process knows no one: bob's page polls again before he speaks
+    await bob.poll()
     missed = [f"right after the restart {n}" for n in range(3)]
     for text in missed:
         await bob.say(text)

@@ -7,6 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 
+from chatroom.core.events import Position
 from tests.cluster.nodes import (
     Cluster,
     Node,
@@ -71,6 +72,10 @@ async def test_redis_outage_refuses_says_keeps_sockets_and_recovers(
                 await wait_status(http, node, 200, within=10)
             # A's reader is back too before anyone speaks (the stream is gone until then)
             await wait_log(a, "is reachable again", within=10)
+            # Redis came back empty: bob's presence went with the stream, and only a member
+            # speaks. His page polls again, as a long-poll page does, and is back (a join).
+            async with bob.get(f"{b.url}/longpolling/room", params={"room": ROOM}) as page:
+                assert page.status == 200, await page.text()
             after = await say_lp(bob, b, ROOM, speaker.csrf, "after")
             # the stream is new: alice is told (reset), then gets what it holds now
             frames = await ws.wait_text("after", within=10)
@@ -80,11 +85,14 @@ async def test_redis_outage_refuses_says_keeps_sockets_and_recovers(
 
     new = position(after)
     assert new.epoch != position(before).epoch
-    assert new.offset == 1
+    assert new.offset == 2  # after bob's join
     tail = frames[frames.index(next(f for f in frames if f.get("text") == "before")) + 1 :]
     tail = [f for f in tail if f.get("type") != "error"]
-    assert tail[0] == {"type": "reset", "id": after["id"]}, tail
-    assert [f["id"] for f in tail[1:]] == [after["id"]]
+    join = tail[1]
+    assert (join["type"], join["user"]) == ("join", "bob"), tail
+    assert position(join) == Position(new.epoch, 1)
+    assert tail[0] == {"type": "reset", "id": join["id"]}, tail
+    assert [f["id"] for f in tail[1:]] == [join["id"], after["id"]]
     assert not [f for f in frames if isinstance(f.get("text"), str) and "lost" in f["text"]]
 
     # the node that reads streams tells the outage once, and its end once

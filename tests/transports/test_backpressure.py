@@ -22,6 +22,7 @@ from tests.support import (
     login,
     new_client,
     open_ws,
+    present,
     serving,
     ws_until,
 )
@@ -52,6 +53,7 @@ async def test_a_stalled_socket_is_cut_off_and_delays_no_one(tmp_path: Path) -> 
     ):
         await login(good, server, "good", room=ROOM, demo="websocket")
         await login(slow, server, "stalled", room=ROOM, demo="websocket")
+        await present(server.broker, ROOM, "bot", "bot-sid")  # the bot that floods it
         joins = await history(good, server, ROOM)
         # a small receive window, and a client that never reads
         raw = await RawWebSocket.connect(
@@ -133,6 +135,7 @@ async def test_a_stalled_event_stream_is_cut_off_and_delays_no_one(tmp_path: Pat
     ):
         await login(good, server, "good", room=ROOM, demo="websocket")
         await login(slow, server, "stalled", room=ROOM, demo="sse")
+        await present(server.broker, ROOM, "bot", "bot-sid")  # the bot that floods it
         joins = await history(good, server, ROOM)
         writer = await raw_sse(server.port, cookie_of(slow, server))
         try:
@@ -169,6 +172,7 @@ async def test_a_stalled_client_that_goes_away_is_no_server_error(
     # kernel's own send buffer, not capped, holds what the in-process bound would cut)
     async with serving(tmp_path, socket_send_buffer=0) as server, new_client() as slow:
         await login(slow, server, "stalled", room=ROOM, demo=technique)
+        await present(server.broker, ROOM, "bot", "bot-sid")  # the bot that floods it
         if technique == "websocket":
             raw = await RawWebSocket.connect(
                 server, f"/websocket/room/socket?room={ROOM}", cookie_of(slow, server),

@@ -17,6 +17,7 @@ from tests.support import (
     history,
     login,
     new_client,
+    press_leave,
     say_lp,
     serving,
 )
@@ -202,6 +203,45 @@ async def test_refused_messages_spend_no_rate(
     # fifteen refused; the burst of ten is still whole
     for i in range(10):
         await say_lp(client, server, page.csrf, f"good {i}")
+
+
+async def test_another_session_of_the_same_name_cannot_undo_a_leave(
+    server: Server, client: aiohttp.ClientSession
+) -> None:
+    page = await login(client, server, "alice", room="lobby", demo="longpolling")
+    await press_leave(client, server, page.csrf)
+    async with client.get(
+        f"{server.url}/longpolling/room/messages", params={"room": "lobby"}
+    ) as response:
+        assert response.status == 410
+    # mallory mints "alice" in another room and presses Leave in alice's room
+    async with new_client() as mallory:
+        other = await login(mallory, server, "alice", room="elsewhere", demo="longpolling")
+        async with mallory.post(
+            f"{server.url}/longpolling/room/leave",
+            params={"room": "lobby"},
+            data={"csrf": other.csrf},
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 303
+    async with client.get(
+        f"{server.url}/longpolling/room/messages", params={"room": "lobby"}
+    ) as response:
+        assert response.status == 410
+
+
+async def test_a_session_cannot_speak_in_a_room_it_never_entered(
+    server: Server, client: aiohttp.ClientSession
+) -> None:
+    page = await login(client, server, "alice", room="lobby", demo="longpolling")
+    async with client.post(
+        f"{server.url}/longpolling/room/messages",
+        params={"room": "never-entered"},
+        json={"message": "sneaky", "csrf": page.csrf},
+    ) as response:
+        assert response.status == 403
+        assert (await response.json())["error"] == "not_member"
+    assert await history(client, server, room="never-entered") == []
 
 
 # --- bodies -----------------------------------------------------------------------------

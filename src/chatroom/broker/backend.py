@@ -66,6 +66,11 @@ Listener = Callable[[str, Sequence[Event]], None]
 class Presence(Protocol):
     """Who is in which room, shared by every process that shares the backend.
 
+    The rules are core.presence's (PresenceTable is the reference): a member is keyed
+    by the skeleton of its nickname (core.validation.skeleton), so look-alike names are
+    one name, and shown by the name its session chose; the Leave marker belongs to the
+    (room, session) that pressed Leave and only that session's rejoin clears it.
+
     Join and leave transitions are reported exactly once (to the caller that caused
     them): touch() returns True for a join; leave() and expire() report leaves.
     """
@@ -75,14 +80,16 @@ class Presence(Protocol):
     ) -> bool:
         """Keep `user` present through `conn` for `ttl` seconds. True if the user joined.
 
-        Raises NicknameTaken if another live session holds the nickname in the room,
-        LeftRoom if this session pressed Leave in the room and does not `rejoin`.
+        Raises LeftRoom if this session pressed Leave in the room and does not `rejoin`,
+        NicknameTaken if another live session holds the nickname (or a look-alike) there.
         """
         ...
 
     async def check(self, room: str, user: str, session: str) -> None:
-        """Raise NicknameTaken if another live session holds the nickname in the room,
-        LeftRoom if this session left it."""
+        """May this session speak as `user` in `room` now? One atomic look; raises
+        LeftRoom if this session left the room, else NicknameTaken if another live
+        session holds the nickname (or a look-alike), else NotMember if this session is
+        not a live member (never entered, or its presence ran out)."""
         ...
 
     async def release(self, room: str, user: str, conn: str, linger: float) -> None:
@@ -90,17 +97,20 @@ class Presence(Protocol):
         ...
 
     async def leave(self, room: str, user: str, session: str) -> bool:
-        """Remove the member now and keep this session out until it rejoins.
+        """This session leaves the room: it stays out until it rejoins. If it is the
+        member, the member goes now.
 
         True if it was a member whose leave was not reported yet (the caller emits it).
         """
         ...
 
     async def expire(self) -> list[tuple[str, str]]:
-        """Remove members whose every connection expired; return them (room, user)."""
+        """Remove members whose every connection expired; return them (room, name)."""
         ...
 
-    async def members(self, room: str) -> list[str]: ...
+    async def members(self, room: str) -> list[str]:
+        """The names of the live members of `room`."""
+        ...
 
     async def counts(self) -> dict[str, int]: ...
 

@@ -406,11 +406,13 @@ class Broker:
     ) -> Stored:
         """Store a message; answers once it is durable.
 
-        Raises InvalidInput for bad input, NicknameTaken when another session now holds
-        the nickname in the room, LeftRoom when this session left it.
+        Raises InvalidInput for bad input; LeftRoom when this session left the room,
+        NicknameTaken when another session now holds the nickname there, NotMember when
+        this session is not a live member of the room (it never entered, or ran out).
         """
         draft = self.draft(user, session, text, client_id)
-        # Identity is the server's word: only the session holding the name speaks as it.
+        # Identity is the server's word: only the live member holding the name speaks
+        # as it, and only in a room it is in.
         await self.backend.presence.check(room, user, session)
         stored = await self.backend.append(room, draft)
         if not stored.duplicate:
@@ -435,7 +437,7 @@ class Broker:
         once all are durable. The backend may commit them together, so a burst from one
         client reaches each subscriber as one write.
 
-        Raises NicknameTaken or LeftRoom as say() does, for all of them.
+        Raises LeftRoom, NicknameTaken or NotMember as say() does, for all of them.
         """
         if not drafts:
             return []
@@ -573,7 +575,7 @@ class Broker:
         await self.poll(room, user, session, rejoin=True)
 
     async def check(self, room: str, user: str, session: str) -> None:
-        """NicknameTaken if another session holds `user` in `room`; LeftRoom if this one left."""
+        """Raise as say() would: LeftRoom, NicknameTaken or NotMember."""
         await self.backend.presence.check(room, user, session)
 
     async def poll(self, room: str, user: str, session: str, rejoin: bool = False) -> None:

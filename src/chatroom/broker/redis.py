@@ -35,7 +35,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from chatroom.broker.backend import BackendUnavailable, Draft, Listener, Page, Presence, Stored
 from chatroom.broker.tasks import cancel_requested, stop_tasks
 from chatroom.core.events import Event, Position, new_epoch
-from chatroom.core.presence import LEFT_TTL, LeftRoom, NicknameTaken
+from chatroom.core.presence import LEFT_TTL, LeftRoom, NicknameTaken, NotMember
+from chatroom.core.validation import skeleton
 
 __all__ = ["RedisBackend", "RedisPresence"]
 
@@ -119,8 +120,10 @@ end
 return {epoch, reset, oldest, head, out}
 """
 
-# Presence: per room a hash user -> session, a zset user -> latest expiry, and per
-# user a zset conn -> expiry. Times are Redis's (ms).
+# Presence: per room a hash key -> session, a hash key -> the name shown, a zset
+# key -> latest expiry, and per key a zset conn -> expiry, where the key is the
+# nickname's skeleton (look-alike names are one name); per (room, session) that pressed
+# Leave a marker with an expiry. Times are Redis's (ms).
 _PRESENCE_LIB = """
 local function now_ms()
   local t = redis.call('TIME')
@@ -129,31 +132,35 @@ end
 local function alive(ckey, now)
   return #redis.call('ZRANGEBYSCORE', ckey, '(' .. now, '+inf', 'LIMIT', 0, 1) > 0
 end
-local function restamp(users, ckey, user)
+local function restamp(users, ckey, key)
   local top = redis.call('ZREVRANGE', ckey, 0, 0, 'WITHSCORES')
-  if #top == 0 then redis.call('ZREM', users, user) else redis.call('ZADD', users, top[2], user) end
+  if #top == 0 then redis.call('ZREM', users, key) else redis.call('ZADD', users, top[2], key) end
 end
 """
 
 _TOUCH = _PRESENCE_LIB + """
--- KEYS: members, users, conns of user, presence rooms, left marker of user
--- ARGV: room, user, session, conn, ttl ms, rejoin ('1' or '0')
+-- KEYS: members, users, conns of the key, presence rooms, left marker of the session, names
+-- ARGV: room, key, session, conn, ttl ms, rejoin ('1' or '0'), name
 -- Returns 1 joined, 0 already a member, -1 nickname taken, -2 this session left.
+local rejoin = ARGV[6] == '1'
 local now = now_ms()
 local holder = redis.call('HGET', KEYS[1], ARGV[2])
 if holder and holder ~= ARGV[3] and alive(KEYS[3], now) then return -1 end
-local left = redis.call('GET', KEYS[5])
-if left == ARGV[3] then
-  if ARGV[6] ~= '1' then return -2 end
+if rejoin then
   redis.call('DEL', KEYS[5])
+elseif redis.call('EXISTS', KEYS[5]) == 1 then
+  return -2
 end
 -- a member stays listed until its leave is reported: an expired one not reaped yet
 -- never left in the room's eyes, so its return is no second join
 local joined = 0
 if not holder then joined = 1 end
-if holder and holder ~= ARGV[3] then
-  if alive(KEYS[3], now) then return -1 end
-  redis.call('DEL', KEYS[3])
+if holder ~= ARGV[3] or rejoin then
+  -- a new holder (the expired one's connections go with it), or the welcome page
+  if holder and holder ~= ARGV[3] then redis.call('DEL', KEYS[3]) end
+  redis.call('HSET', KEYS[6], ARGV[2], ARGV[7])
+else
+  redis.call('HSETNX', KEYS[6], ARGV[2], ARGV[7])
 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[3], 'GT', now + tonumber(ARGV[5]), ARGV[4])
@@ -164,15 +171,18 @@ return joined
 """
 
 _CHECK = _PRESENCE_LIB + """
--- KEYS: members, conns of user, left marker of user; ARGV: user, session
+-- KEYS: members, conns of the key, left marker of the session; ARGV: key, session
+-- Returns 0 a live member, -1 nickname taken, -2 this session left, -3 not a member.
 local holder = redis.call('HGET', KEYS[1], ARGV[1])
-if holder and holder ~= ARGV[2] and alive(KEYS[2], now_ms()) then return -1 end
-if redis.call('GET', KEYS[3]) == ARGV[2] then return -2 end
+local live = holder and alive(KEYS[2], now_ms())
+if live and holder ~= ARGV[2] then return -1 end
+if redis.call('EXISTS', KEYS[3]) == 1 then return -2 end
+if not live then return -3 end
 return 0
 """
 
 _RELEASE = _PRESENCE_LIB + """
--- KEYS: users, conns of user; ARGV: user, conn, linger ms
+-- KEYS: users, conns of the key; ARGV: key, conn, linger ms
 local now = now_ms()
 if redis.call('ZSCORE', KEYS[2], ARGV[2]) then
   redis.call('ZADD', KEYS[2], 'LT', now + tonumber(ARGV[3]), ARGV[2])
@@ -182,33 +192,37 @@ return 0
 """
 
 _LEAVE = _PRESENCE_LIB + """
--- KEYS: members, users, conns of user, left marker of user; ARGV: user, session, left ttl s
-redis.call('SET', KEYS[4], ARGV[2], 'EX', ARGV[3])
+-- KEYS: members, users, conns of the key, left marker of the session, names
+-- ARGV: key, session, left ttl s
+redis.call('SET', KEYS[4], '1', 'EX', ARGV[3])
 local holder = redis.call('HGET', KEYS[1], ARGV[1])
 if holder ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
 return 1
 """
 
 _EXPIRE = _PRESENCE_LIB + """
--- KEYS: presence rooms; ARGV: key prefix. Returns room, user, room, user, ...
+-- KEYS: presence rooms; ARGV: key prefix. Returns room, name, room, name, ...
 local now = now_ms()
 local gone = {}
 for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local base = ARGV[1] .. '{' .. room .. '}:'
   local users = base .. 'users'
-  for _, user in ipairs(redis.call('ZRANGEBYSCORE', users, '-inf', now)) do
-    local ckey = base .. 'c:' .. user
+  for _, key in ipairs(redis.call('ZRANGEBYSCORE', users, '-inf', now)) do
+    local ckey = base .. 'c:' .. key
     redis.call('ZREMRANGEBYSCORE', ckey, '-inf', now)
     if redis.call('ZCARD', ckey) == 0 then
-      redis.call('HDEL', base .. 'members', user)
-      redis.call('ZREM', users, user)
+      local name = redis.call('HGET', base .. 'names', key)
+      redis.call('HDEL', base .. 'members', key)
+      redis.call('HDEL', base .. 'names', key)
+      redis.call('ZREM', users, key)
       gone[#gone + 1] = room
-      gone[#gone + 1] = user
+      gone[#gone + 1] = name or key
     else
-      restamp(users, ckey, user)
+      restamp(users, ckey, key)
     end
   end
   if redis.call('ZCARD', users) == 0 and redis.call('HLEN', base .. 'members') == 0 then
@@ -219,8 +233,12 @@ return gone
 """
 
 _MEMBERS = _PRESENCE_LIB + """
--- KEYS: users
-return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now_ms(), '+inf')
+-- KEYS: users, names. Returns the names of the live members.
+local out = {}
+for i, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now_ms(), '+inf')) do
+  out[i] = redis.call('HGET', KEYS[2], key) or key
+end
+return out
 """
 
 _COUNTS = _PRESENCE_LIB + """
@@ -269,11 +287,14 @@ class _Keys:
     def users(self, room: str) -> str:
         return self.base(room) + "users"
 
-    def conns(self, room: str, user: str) -> str:
-        return self.base(room) + f"c:{user}"
+    def names(self, room: str) -> str:
+        return self.base(room) + "names"
 
-    def left(self, room: str, user: str) -> str:
-        return self.base(room) + f"left:{user}"
+    def conns(self, room: str, key: str) -> str:
+        return self.base(room) + f"c:{key}"
+
+    def left(self, room: str, session: str) -> str:
+        return self.base(room) + f"left:{session}"
 
 
 def _raise_for(result: int, room: str, user: str) -> None:
@@ -281,6 +302,8 @@ def _raise_for(result: int, room: str, user: str) -> None:
         raise NicknameTaken(room, user)
     if result == -2:
         raise LeftRoom(room, user)
+    if result == -3:
+        raise NotMember(room, user)
 
 
 def _unavailable(exc: Exception) -> BackendUnavailable:
@@ -310,41 +333,44 @@ class RedisPresence:
     async def touch(
         self, room: str, user: str, session: str, conn: str, ttl: float, rejoin: bool = False
     ) -> bool:
-        k = self._k
+        k, key = self._k, skeleton(user)
         result = await self._run(
             self._touch,
             [
-                k.members(room), k.users(room), k.conns(room, user), k.presence_rooms,
-                k.left(room, user),
+                k.members(room), k.users(room), k.conns(room, key), k.presence_rooms,
+                k.left(room, session), k.names(room),
             ],
-            [room, user, session, conn, int(ttl * 1000), "1" if rejoin else "0"],
+            [room, key, session, conn, int(ttl * 1000), "1" if rejoin else "0", user],
         )
         _raise_for(result, room, user)
         return bool(result)
 
     async def check(self, room: str, user: str, session: str) -> None:
-        k = self._k
+        k, key = self._k, skeleton(user)
         result = await self._run(
             self._check,
-            [k.members(room), k.conns(room, user), k.left(room, user)],
-            [user, session],
+            [k.members(room), k.conns(room, key), k.left(room, session)],
+            [key, session],
         )
         _raise_for(result, room, user)
 
     async def release(self, room: str, user: str, conn: str, linger: float) -> None:
-        k = self._k
+        k, key = self._k, skeleton(user)
         await self._run(
             self._release,
-            [k.users(room), k.conns(room, user)],
-            [user, conn, int(linger * 1000)],
+            [k.users(room), k.conns(room, key)],
+            [key, conn, int(linger * 1000)],
         )
 
     async def leave(self, room: str, user: str, session: str) -> bool:
-        k = self._k
+        k, key = self._k, skeleton(user)
         result = await self._run(
             self._leave,
-            [k.members(room), k.users(room), k.conns(room, user), k.left(room, user)],
-            [user, session, int(LEFT_TTL)],
+            [
+                k.members(room), k.users(room), k.conns(room, key), k.left(room, session),
+                k.names(room),
+            ],
+            [key, session, int(LEFT_TTL)],
         )
         return bool(result)
 
@@ -353,8 +379,8 @@ class RedisPresence:
         return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def members(self, room: str) -> list[str]:
-        users = await self._run(self._members, [self._k.users(room)], [])
-        return sorted(_text(u) for u in users)
+        names = await self._run(self._members, [self._k.users(room), self._k.names(room)], [])
+        return sorted(_text(n) for n in names)
 
     async def counts(self) -> dict[str, int]:
         flat = await self._run(self._counts, [self._k.presence_rooms], [self._k.prefix])

@@ -10,7 +10,7 @@ again. HTTP renders it as JSON (or a page), WebSocket as an error frame or a clo
 from __future__ import annotations
 
 from chatroom.broker import BackendUnavailable
-from chatroom.core.presence import LeftRoom, NicknameTaken
+from chatroom.core.presence import LeftRoom, NicknameTaken, NotMember
 from chatroom.core.validation import InvalidInput
 
 __all__ = [
@@ -71,6 +71,7 @@ _TABLE: tuple[tuple[type[Exception], int, str, int | None, float | None], ...] =
     (InvalidInput, 400, "invalid", None, None),
     (NicknameTaken, 409, "nickname_taken", CLOSE_NICKNAME_TAKEN, None),
     (LeftRoom, 410, "left", CLOSE_LEFT, None),
+    (NotMember, 403, "not_member", CLOSE_NOT_MEMBER, None),
     (BackendUnavailable, 503, "unavailable", CLOSE_TRY_AGAIN_LATER, 2.0),
 )
 
