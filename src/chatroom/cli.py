@@ -130,12 +130,12 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     )
     # set by the --workers supervisor for each worker it starts
     serve_cmd.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
-    bench_cmd = commands.add_parser(
-        "bench", help="measure fan-out: deliveries/s, latency, CPU per delivery"
+    # its flags are its own parser's (chatroom.bench.run), read only when it runs: serving
+    # imports nothing of the benchmark
+    commands.add_parser(
+        "bench", add_help=False,
+        help="measure fan-out: deliveries/s, latency, CPU per delivery (chatroom bench -h)",
     )
-    from chatroom.bench.run import add_arguments
-
-    add_arguments(bench_cmd)
     return parser
 
 
@@ -292,6 +292,12 @@ def _run_workers(settings: Settings, workers: int, log_level: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from chatroom.bench.run import main as bench_main
+
+        _setup_logging("WARNING")
+        return bench_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except ValueError as exc:
@@ -299,10 +305,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"chatroom: {exc}", file=sys.stderr)
         return 2
     _setup_logging(str(getattr(args, "log_level", "INFO")))
-    if args.command == "bench":
-        from chatroom.bench.run import main as bench_main
-
-        return bench_main(args)
     if args.command == "serve":
         try:
             settings, warnings = settings_from(args)

@@ -7,9 +7,9 @@ No timing is asserted: speed is for the benchmark to print, not for tests to jud
 from __future__ import annotations
 
 import pytest
+from bench.compare import PEERS, run_peer
+from bench.peers.floor import FloorProtocol, server_frame, unmask
 
-from chatroom.bench.compare import PEERS, run_peer
-from chatroom.bench.peers.floor import FloorProtocol, server_frame, unmask
 from chatroom.bench.run import Load
 from chatroom.bench.wire import mask_frame
 

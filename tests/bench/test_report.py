@@ -55,7 +55,7 @@ def test_a_burst_counts_its_messages_not_rate_times_duration() -> None:
 
 
 def test_plot_draws_runs_from_json_lines_files(tmp_path: Path) -> None:
-    from chatroom.bench.plot import load_results, main
+    from bench.plot import load_results, main
 
     lines = tmp_path / "runs.jsonl"
     runs = [run("chatroom", 9.0), run("floor", 6.0), run("chatroom", 8.0, rate=40)]

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench.plot import plot
+from bench.sweep import first_failure, knee, knee_table, ladder, passed, sweep
 
-from chatroom.bench.plot import plot
 from chatroom.bench.run import Load, Result
-from chatroom.bench.sweep import first_failure, knee, knee_table, ladder, passed, sweep
 
 
 def step(

@@ -9,7 +9,7 @@ pings, and closes: by itself (1000 echoed, the server hangs up), or by the serve
 server is done at once, not after its close timeout.
 
 The Node client is tests/transports/ws_interop_client.js, using the `ws` package that
-`chatroom bench` installs (npm ci) in src/chatroom/bench/peers/node_ws.
+`chatroom bench` installs (npm ci) in bench/peers/node_ws.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import WSMsgType
+from bench.compare import NODE_WS_DIR, node_ws_setup
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 from websockets.typing import Origin
 
-from chatroom.bench.compare import NODE_WS_DIR, node_ws_setup
 from chatroom.web.security import COOKIE
 from tests.support import (
     Server,

@@ -21,6 +21,7 @@ import time
 import urllib.parse
 import urllib.request
 from array import array
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from http.cookiejar import CookieJar
 from pathlib import Path
@@ -477,6 +478,7 @@ def median_run(runs: list[Result]) -> Result:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The load: what `chatroom bench` and the repository's `python -m bench` share."""
     parser.add_argument("--technique", default="websocket", type=_techniques,
                         help="websocket, sse or longpolling; several, comma-separated, "
                         "are measured in turn in one run")
@@ -490,23 +492,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="",
                         help="backend URL for the server (default: SQLite in a temp dir)")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--compare", nargs="?", const="all", default="",
-                        help="also run the peer servers with the same load: 'all' or a "
-                        "comma-separated list of floor, aiohttp-naive, websockets, "
-                        "socketio, node-ws")
     parser.add_argument("--runs", type=int, default=1,
                         help="runs per server, interleaved; each figure is their median")
-    parser.add_argument("--sweep", action="store_true",
-                        help="stress to the knee: rising publish rates for each server "
-                        "(--rate ignored) until p99 passes --p99-limit or anything is lost")
-    parser.add_argument("--sweep-rates", default="",
-                        help="comma-separated msg/s for --sweep (default: a 1.6x ladder "
-                        "from about 5,000 deliveries/s)")
-    parser.add_argument("--p99-limit", type=float, default=100.0, help="ms, for --sweep")
-    parser.add_argument("--max-steps", type=int, default=8, help="steps per --sweep")
-    parser.add_argument("--plot", default="", metavar="FILE",
-                        help="write a PNG of the results (needs pip install -e .[bench])")
     parser.add_argument("--json", default="", help="append one JSON line per run to this file")
+
+
+def build_parser(prog: str = "chatroom bench") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Measure fan-out: start chatroom on 127.0.0.1, connect subscribers from "
+        "separate processes, publish, and report deliveries/s, latency, CPU per delivery "
+        "and memory per connection. Comparing with other servers (--compare), sweeping to "
+        "the knee (--sweep) and plotting live in the repository's bench/ folder: "
+        "python -m bench.",
+    )
+    add_arguments(parser)
+    return parser
 
 
 TECHNIQUES = ("websocket", "sse", "longpolling")
@@ -523,26 +524,24 @@ def _techniques(spec: str) -> list[str]:
     return names
 
 
-def _peers(spec: str) -> list[str]:
-    from chatroom.bench.compare import PEERS
-
-    if not spec:
-        return []
-    names = list(PEERS) if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in PEERS]
-    if unknown:
-        raise SystemExit(f"unknown peer(s): {', '.join(unknown)}; peers: {', '.join(PEERS)}")
-    return names
+def load_of(args: argparse.Namespace) -> Load:
+    techniques: list[str] = args.technique
+    return Load(
+        technique=techniques[0], subscribers=args.subscribers, rate=args.rate,
+        duration=args.duration, payload=args.payload, processes=max(1, args.processes),
+        burst=max(0, args.burst),
+    )
 
 
-async def _measure(
-    load: Load, techniques: list[str], backend: str, workers: int, peers: list[str],
-    runs: int, command: str, out: list[Result],
-) -> None:
-    from chatroom.bench.compare import run_peer
+Runner = Callable[[Load, str], Awaitable[Result]]
 
-    # Interleaved (chatroom, peer, peer, ..., chatroom, ...) so drift in the machine's
-    # state touches every server alike.
+
+async def measure_all(
+    load: Load, techniques: list[str], backend: str, workers: int, runs: int, command: str,
+    others: Sequence[tuple[str, Runner]] = (),
+) -> list[Result]:
+    """Every technique of chatroom, then each other server, `runs` times interleaved (so
+    drift in the machine's state touches every server alike); the median run of each."""
     per_server: dict[tuple[str, str], list[Result]] = {}
     for _ in range(runs):
         for technique in techniques:
@@ -552,13 +551,12 @@ async def _measure(
             result.extra["backend"] = backend.split("://")[0]
             result.extra["workers"] = workers
             per_server.setdefault(("chatroom", technique), []).append(result)
-        for name in peers:
-            result = await run_peer(load, name, command)
-            per_server.setdefault((name, "websocket"), []).append(result)
-    out.extend(median_run(r) for r in per_server.values())
+        for name, run in others:
+            per_server.setdefault((name, "websocket"), []).append(await run(load, command))
+    return [median_run(r) for r in per_server.values()]
 
 
-def _report(result: Result, json_path: str) -> None:
+def report(result: Result, json_path: str) -> None:
     line = orjson.dumps(asdict(result)).decode()
     print(line, flush=True)
     if json_path:
@@ -566,86 +564,29 @@ def _report(result: Result, json_path: str) -> None:
             f.write(line + "\n")
 
 
-def _sweeps(
-    args: argparse.Namespace, load: Load, peers: list[str], command: str,
-    results: list[Result],
-) -> int:
-    from chatroom.bench.sweep import first_failure, knee, knee_table, sweep
+def chatroom_failed(results: list[Result]) -> bool:
+    """chatroom must deliver everything; a peer that falls behind is a finding, shown."""
+    return any(
+        r.lost or r.duplicated or r.out_of_order or r.connect_failures
+        for r in results
+        if r.server == "chatroom"
+    )
 
-    rates = [float(r) for r in args.sweep_rates.split(",") if r.strip()] or None
-    rows: list[tuple[str, int, Result | None, Result | None]] = []
 
-    async def run_all(backend: str) -> None:
-        for server in ["chatroom", *peers]:
-            steps = await sweep(
-                load, server, rates, backend=backend, workers=args.workers,
-                command=command, p99_limit_ms=args.p99_limit,
-                max_steps=max(1, args.max_steps),
-                # each step as it ends: a crash later keeps what was measured
-                on_step=lambda r: _report(r, args.json),
-            )
-            results.extend(steps)
-            rows.append(
-                (server, load.subscribers, knee(steps, args.p99_limit),
-                 first_failure(steps, args.p99_limit))
-            )
-
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = "chatroom bench " + shlex.join(sys.argv[2:] if argv is None else list(argv))
     with tempfile.TemporaryDirectory(prefix="chatroom-bench-") as tmp:
-        asyncio.run(run_all(args.backend or f"sqlite:///{tmp}/bench.db"))
+        backend = args.backend or f"sqlite:///{tmp}/bench.db"
+        results = asyncio.run(
+            measure_all(
+                load_of(args), args.technique, backend, args.workers, max(1, args.runs),
+                command,
+            )
+        )
+    for result in results:
+        report(result, args.json)
     print()
     print(markdown(results))
-    print()
-    print(knee_table(rows))
-    # a failing last step is where a sweep stops, not an error: fail only when chatroom
-    # has no knee at all
-    return 1 if any(k is None for server, _, k, _ in rows if server == "chatroom") else 0
-
-
-def main(args: argparse.Namespace) -> int:
-    techniques: list[str] = args.technique
-    load = Load(
-        technique=techniques[0], subscribers=args.subscribers, rate=args.rate,
-        duration=args.duration, payload=args.payload, processes=max(1, args.processes),
-        burst=max(0, args.burst),
-    )
-    peers = _peers(args.compare)
-    if peers and "websocket" not in techniques:
-        raise SystemExit("--compare measures WebSocket: the peers speak nothing else")
-    if args.sweep and len(techniques) > 1:
-        raise SystemExit("--sweep takes one technique")
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise SystemExit("--plot needs matplotlib: pip install -e .[bench]") from None
-    command = "chatroom bench " + shlex.join(sys.argv[2:] if len(sys.argv) > 2 else [])
-    results: list[Result] = []
-    if args.sweep:
-        status = _sweeps(args, load, peers, command, results)
-    else:
-        with tempfile.TemporaryDirectory(prefix="chatroom-bench-") as tmp:
-            backend = args.backend or f"sqlite:///{tmp}/bench.db"
-            asyncio.run(
-                _measure(
-                    load, techniques, backend, args.workers, peers, max(1, args.runs),
-                    command, results,
-                )
-            )
-        for result in results:
-            _report(result, args.json)
-        print()
-        print(markdown(results))
-        # chatroom must deliver everything; a peer that falls behind is a finding, shown
-        failed = any(
-            r.lost or r.duplicated or r.out_of_order or r.connect_failures
-            for r in results
-            if r.server == "chatroom"
-        )
-        status = 1 if failed else 0
     print(f"\nmeasured with: {command}")
-    if args.plot:
-        from chatroom.bench.plot import plot
-
-        plot(results, args.plot, p99_limit_ms=args.p99_limit if args.sweep else None)
-        print(f"plot: {args.plot}")
-    return status
+    return 1 if chatroom_failed(results) else 0

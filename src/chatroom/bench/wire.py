@@ -1,5 +1,5 @@
 """Raw asyncio client protocols for the benchmark: WebSocket, SSE and long polling
-(and Socket.IO over WebSocket, for the socket.io peer of `chatroom bench --compare`).
+(and Socket.IO over WebSocket, for the socket.io peer of `python -m bench --compare`).
 
 No client library: each protocol parses what arrives inline and records, for every
 benchmark message, its sequence number and the latency from its intended send time.

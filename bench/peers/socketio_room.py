@@ -3,7 +3,7 @@ each "message" event is re-emitted to the room with sio.emit("message", data, ro
 
 Clients connect WebSocket-only at /socket.io/?EIO=4&transport=websocket (no polling,
 so the server offers no other transport). Run as
-`python -m chatroom.bench.peers.socketio_room --port P`.
+`python -m bench.peers.socketio_room --port P`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import socketio  # type: ignore[import-untyped]
 from aiohttp import web
 
-from chatroom.bench.peers import HOST, run, wait_for_sigterm
+from bench.peers import HOST, run, wait_for_sigterm
 
 __all__ = ["ROOM", "main", "make_app"]
 

@@ -200,11 +200,11 @@ def load_results(paths: Sequence[str]) -> list[Result]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """python -m chatroom.bench.plot OUT.png RUNS.jsonl [RUNS.jsonl ...]: one plot of
+    """python -m bench.plot OUT.png RUNS.jsonl [RUNS.jsonl ...]: one plot of
     several `chatroom bench --json` files (e.g. sweeps at 1,000 and 5,000 subscribers)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m chatroom.bench.plot")
+    parser = argparse.ArgumentParser(prog="python -m bench.plot")
     parser.add_argument("out")
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--p99-limit", type=float, default=None)

@@ -1,6 +1,6 @@
 """Peer servers for `chatroom bench --compare`: the same load on other WebSocket servers.
 
-Each peer is a small broadcast server (chatroom.bench.peers): every text message any
+Each peer is a small broadcast server (bench.peers): every text message any
 client sends goes to every connected client. run_peer() runs it exactly as
 run_chatroom() runs chatroom (same client processes, same open-loop publisher, same
 /proc accounting), so chatroom's figures can be read as ratios to the peers'.
@@ -9,6 +9,7 @@ run_chatroom() runs chatroom (same client processes, same open-loop publisher, s
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import socket
@@ -32,6 +33,8 @@ __all__ = [
 
 HOST = "127.0.0.1"
 NODE_WS_DIR = Path(__file__).resolve().parent / "peers" / "node_ws"
+# the repository's root, where `bench` is a package
+_ROOT = Path(__file__).resolve().parent.parent
 
 
 class PeerSetupError(RuntimeError):
@@ -60,7 +63,7 @@ class Peer:
 
 def _python(module: str) -> Callable[[int], list[str]]:
     def argv(port: int) -> list[str]:
-        return [sys.executable, "-m", f"chatroom.bench.peers.{module}", "--port", str(port)]
+        return [sys.executable, "-m", f"bench.peers.{module}", "--port", str(port)]
 
     return argv
 
@@ -165,7 +168,11 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 
 def start_peer(peer: Peer, port: int) -> subprocess.Popen[bytes]:
     """Start the peer on 127.0.0.1:port and return once it accepts connections."""
-    proc = subprocess.Popen(peer.argv(port), stdin=subprocess.DEVNULL)
+    # the peers are modules of this folder: run them from the repository's root
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p
+    )}
+    proc = subprocess.Popen(peer.argv(port), stdin=subprocess.DEVNULL, env=env)
     try:
         _wait_listening(proc, port)
     except BaseException:

@@ -3,7 +3,7 @@
 It parses the HTTP upgrade and the clients' (masked) frames itself, answers ping and
 close, and broadcasts each text message by building the server frame once and calling
 transport.write(frame) for every connected client: no library, no per-client encoding,
-no queue. Run as `python -m chatroom.bench.peers.floor --port P`.
+no queue. Run as `python -m bench.peers.floor --port P`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import base64
 import hashlib
 import struct
 
-from chatroom.bench.peers import HOST, run, wait_for_sigterm
+from bench.peers import HOST, run, wait_for_sigterm
 
 __all__ = ["FloorProtocol", "main", "server_frame", "unmask"]
 

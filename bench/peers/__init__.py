@@ -3,7 +3,7 @@
 Each one broadcasts every text frame any client sends to every connected client,
 binds 127.0.0.1 only, listens on `--port P`, and exits cleanly on SIGTERM. The
 Python ones run on uvloop; `node_ws/` is Node.js with the `ws` package. The
-registry that starts them is chatroom.bench.compare.
+registry that starts them is bench.compare.
 """
 
 from __future__ import annotations

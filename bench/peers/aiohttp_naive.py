@@ -3,14 +3,14 @@
     for client in clients: await client.send_str(msg.data)
 
 as the aiohttp docs' chat examples do. Any path upgrades. Run as
-`python -m chatroom.bench.peers.aiohttp_naive --port P`.
+`python -m bench.peers.aiohttp_naive --port P`.
 """
 
 from __future__ import annotations
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from chatroom.bench.peers import HOST, run, wait_for_sigterm
+from bench.peers import HOST, run, wait_for_sigterm
 
 __all__ = ["main", "make_app"]
 

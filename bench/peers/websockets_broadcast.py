@@ -1,6 +1,6 @@
 """The `websockets` library (new asyncio implementation) with websockets.broadcast().
 
-Any path upgrades. Run as `python -m chatroom.bench.peers.websockets_broadcast --port P`.
+Any path upgrades. Run as `python -m bench.peers.websockets_broadcast --port P`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosedError
 
-from chatroom.bench.peers import HOST, run, wait_for_sigterm
+from bench.peers import HOST, run, wait_for_sigterm
 
 __all__ = ["main"]
 

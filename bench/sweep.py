@@ -109,7 +109,7 @@ async def sweep(
     """Run `server` at rising publish rates for load.subscribers; one Result per step.
 
     `server` is "chatroom" (run over `backend` with `workers`) or a peer of
-    chatroom.bench.compare.PEERS. `rates` (msg/s, default: `ladder()`) are run in
+    bench.compare.PEERS. `rates` (msg/s, default: `ladder()`) are run in
     increasing order, at most `max_steps` of them; load.rate and load.burst are
     ignored. The sweep stops after the first step that does not pass (see `passed`).
     `on_step` sees each Result as soon as its step ends (to print or save it: a long
@@ -129,7 +129,7 @@ async def sweep(
                 "raise the rate or the duration"
             )
     if server != "chatroom":
-        from chatroom.bench.compare import PEERS
+        from bench.compare import PEERS
 
         if server not in PEERS:
             raise ValueError(f"no server {server!r}; servers: chatroom, {', '.join(PEERS)}")
@@ -144,7 +144,7 @@ async def sweep(
             result.extra["backend"] = backend.split("://")[0]
             result.extra["workers"] = workers
         else:
-            from chatroom.bench.compare import run_peer
+            from bench.compare import run_peer
 
             result = await run_peer(step_load, server, command)
         reason = failure_reason(result, p99_limit_ms)
