@@ -21,6 +21,7 @@ __all__ = [
     "OP_TEXT",
     "FrameParser",
     "ProtocolError",
+    "ServerConnection",
     "accept_key",
     "close_frame",
     "control_frame",
@@ -216,3 +217,114 @@ class FrameParser:
             raise ProtocolError(
                 MESSAGE_TOO_BIG, f"message too big: at most {self.max_message} bytes"
             )
+
+
+CLOSE_NORMAL = 1000
+
+
+class ServerConnection:
+    """One WebSocket after its opening handshake, server side, with no I/O.
+
+    Feed it what the client sent with `receive_data()`: it returns the text messages to
+    handle, in order, and queues what the protocol itself answers (pongs, its half of
+    the close handshake). Take the bytes to write with `data_to_send()`. The
+    application sends its own frames with `send()`, starts the close handshake with
+    `close()`, and beats the heart with `ping()`.
+
+    - `close_sent`: a close frame went out; no frame may follow it.
+    - `failed`: the handshake is over, or the client broke the protocol: what it
+      sends now is not read.
+    - `hang_up`: the close handshake is done; the server closes the TCP connection
+      first (RFC 6455, 7.1.1).
+    - `half_close`: the client broke the protocol; shut our writing side so it reads
+      the close frame, answers, and closes.
+    """
+
+    __slots__ = ("_out", "_parser", "close_sent", "failed", "half_close", "hang_up", "heard")
+
+    def __init__(self, max_message: int) -> None:
+        self._parser = FrameParser(max_message)
+        self._out: list[bytes] = []
+        self.close_sent = False
+        self.failed = False
+        self.hang_up = False
+        self.half_close = False
+        # something came from the client since the last ping
+        self.heard = True
+
+    def receive_data(self, data: bytes) -> list[str]:
+        """What the client sent: the text messages in it, to handle in order."""
+        texts: list[str] = []
+        if self.failed:
+            return texts
+        self.heard = True
+        try:
+            frames = self._parser.feed(data)
+        except ProtocolError as exc:
+            # what came before the violation counts, as if it had come in its own read
+            self._handle(exc.frames, texts)
+            if not self.failed:
+                self.failed = True
+                self.close(exc.code, exc.reason)
+                self.half_close = True
+            return texts
+        self._handle(frames, texts)
+        return texts
+
+    def _handle(self, frames: list[tuple[int, str | bytes]], texts: list[str]) -> None:
+        for opcode, payload in frames:
+            if opcode == OP_TEXT:
+                if not self.close_sent:
+                    assert isinstance(payload, str)
+                    texts.append(payload)
+            elif opcode == OP_PING:
+                assert isinstance(payload, bytes)
+                self.send(control_frame(OP_PONG, payload))
+            elif opcode == OP_CLOSE:
+                assert isinstance(payload, bytes)
+                self._closed_by_client(payload)
+                return
+            # a pong only shows the client is there
+
+    def _closed_by_client(self, payload: bytes) -> None:
+        self.failed = True
+        if not self.close_sent:
+            try:
+                code, _ = parse_close(payload)
+            except ProtocolError as exc:
+                self.close(exc.code, exc.reason)
+            else:
+                # answer with its code, as RFC 6455 suggests; an empty close gets 1000
+                self.close(CLOSE_NORMAL if code is None else code, "")
+        self.hang_up = True
+
+    def send(self, frame: bytes) -> bool:
+        """Queue a frame; False (and nothing queued) once the close frame went out."""
+        if self.close_sent:
+            return False
+        self._out.append(frame)
+        return True
+
+    def close(self, code: int, reason: str = "") -> bool:
+        """Queue the close frame (once); True if this call queued it."""
+        if self.close_sent:
+            return False
+        self._out.append(close_frame(code, reason))
+        self.close_sent = True
+        return True
+
+    def ping(self, excused: bool = False) -> bool:
+        """The heartbeat: queue a ping. False, and nothing queued, when nothing came from
+        the client since the last one (it is gone) unless `excused` (it is not being
+        read, so it cannot be heard)."""
+        if self.close_sent:
+            return True
+        if not self.heard and not excused:
+            return False
+        self.heard = False
+        self._out.append(control_frame(OP_PING))
+        return True
+
+    def data_to_send(self) -> bytes:
+        out, self._out = self._out, []
+        return b"".join(out)

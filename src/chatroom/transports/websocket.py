@@ -26,16 +26,8 @@ from aiohttp import web
 from chatroom.broker import BackendUnavailable, Draft, SlowConsumer, Subscription
 from chatroom.core.events import Position, read_cursor, ws_frame
 from chatroom.core.websocket import (
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    FrameParser,
-    ProtocolError,
+    ServerConnection,
     accept_key,
-    close_frame,
-    control_frame,
-    parse_close,
 )
 from chatroom.web.edge import Ticket, checked, policy
 from chatroom.web.refusals import (
@@ -144,16 +136,12 @@ class _Socket(asyncio.Protocol):
     """One WebSocket after its upgrade: reads frames, writes events, closes cleanly."""
 
     __slots__ = (
-        "_close_sent",
         "_close_timer",
         "_drained",
         "_ended",
-        "_failed",
-        "_heard",
         "_lost",
         "_opened",
         "_opening",
-        "_parser",
         "_pump",
         "_said",
         "_saying",
@@ -165,6 +153,7 @@ class _Socket(asyncio.Protocol):
         "sub",
         "ticket",
         "transport",
+        "ws",
     )
 
     def __init__(
@@ -184,18 +173,13 @@ class _Socket(asyncio.Protocol):
         self.transport = transport
         self.conn = new_conn_id()
         self.sub: Subscription | None = None
-        self._parser = FrameParser(chat.settings.max_body)
+        # the protocol's state: what to answer, whether the close frame went out
+        self.ws = ServerConnection(chat.settings.max_body)
         # _open() is letting it in (presence, subscription); it is read from then on,
         # and _opened says whether it was let in
         self._opening = True
         self._opened = False
-        # a close frame went out: nothing may follow it
-        self._close_sent = False
-        # the client broke the protocol: what it sends now is not read
-        self._failed = False
         self._lost = False
-        # something came from the client since the last heartbeat
-        self._heard = True
         self._close_timer: asyncio.TimerHandle | None = None
         # waits while the kernel's buffer is full (the transport paused our writing)
         self._drained: asyncio.Future[None] | None = None
@@ -257,7 +241,7 @@ class _Socket(asyncio.Protocol):
 
     def _ready(self) -> None:
         """The subscription has something for the pump (or has ended)."""
-        if self._pump is None and not self._lost and not self._close_sent:
+        if self._pump is None and not self._lost and not self.ws.close_sent:
             self._pump = asyncio.get_running_loop().create_task(self._run_pump())
 
     async def _run_pump(self) -> None:
@@ -266,7 +250,7 @@ class _Socket(asyncio.Protocol):
         try:
             while True:
                 batch = await sub.poll()
-                if batch is None or self._close_sent or self._lost:
+                if batch is None or self.ws.close_sent or self._lost:
                     # caught up: the fan-out writes live events itself until _ready()
                     return
                 self.transport.write(b"".join([d.ws for d in batch]))
@@ -306,49 +290,21 @@ class _Socket(asyncio.Protocol):
     # --- reading ----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._failed:
+        ws = self.ws
+        if ws.failed:
             return
-        self._heard = True
-        try:
-            frames = self._parser.feed(data)
-        except ProtocolError as exc:
-            # what came before the violation counts, as if it had come in its own read
-            self._handle(exc.frames)
-            self._failed = True
-            self._close(exc.code, exc.reason)
-            # half-close: the client reads the close frame, answers, and closes
-            if not self.transport.is_closing() and self.transport.can_write_eof():
-                self.transport.write_eof()
-            return
-        self._handle(frames)
-
-    def _handle(self, frames: list[tuple[int, str | bytes]]) -> None:
-        for opcode, payload in frames:
-            if opcode == OP_TEXT:
-                if not self._close_sent:
-                    assert isinstance(payload, str)
-                    self._say(_parse(self.chat, self.session, self.address, payload))
-            elif opcode == OP_PING:
-                assert isinstance(payload, bytes)
-                self._write(control_frame(OP_PONG, payload))
-            elif opcode == OP_CLOSE:
-                assert isinstance(payload, bytes)
-                self._closed_by_client(payload)
-                return
-            # a pong only shows the client is there
-
-    def _closed_by_client(self, payload: bytes) -> None:
-        self._failed = True
-        if not self._close_sent:
-            try:
-                code, _ = parse_close(payload)
-            except ProtocolError as exc:
-                self._close(exc.code, exc.reason)
-            else:
-                # answer with its code, as RFC 6455 suggests; an empty close gets 1000
-                self._close(CLOSE_NORMAL if code is None else code, "")
-        # the close handshake is done: the server closes the TCP connection first
-        self.transport.close()
+        for text in ws.receive_data(data):
+            self._say(_parse(self.chat, self.session, self.address, text))
+        if ws.close_sent and self._close_timer is None:
+            # the protocol answered the client's close, or failed the connection
+            self._closing()
+        self._flush()
+        if ws.hang_up:
+            # the close handshake is done: the server closes the TCP connection first
+            self.transport.close()
+        elif ws.half_close and not self.transport.is_closing() and self.transport.can_write_eof():
+            # the client broke the protocol: it reads the close frame, answers, and closes
+            self.transport.write_eof()
 
     def eof_received(self) -> bool | None:
         # the client half-closed: close our side too
@@ -435,26 +391,41 @@ class _Socket(asyncio.Protocol):
         A client that keeps sending but does not read would have its answers pile up
         here: past the bound on unsent bytes it is cut off, as a slow subscriber is.
         """
-        transport = self.transport
-        if self._close_sent or self._lost or transport.is_closing():
+        if not self._lost and self.ws.send(frame):
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write what the protocol and the answers queued, within the bound on unsent
+        bytes: a client that keeps sending (pings, messages) but does not read would
+        have its answers pile up; past max_unsent it is cut off instead."""
+        ws, transport = self.ws, self.transport
+        data = ws.data_to_send()
+        if not data or self._lost or transport.is_closing():
             return
-        if transport.get_write_buffer_size() > self.chat.settings.max_unsent:
+        if (
+            not ws.close_sent
+            and transport.get_write_buffer_size() + len(data) > self.chat.settings.max_unsent
+        ):
             log.info("websocket cut off: its answers are not read")
-            self._close(CLOSE_TOO_SLOW, "too slow: read what you are sent")
-            return
-        transport.write(frame)
+            ws.close(CLOSE_TOO_SLOW, "too slow: read what you are sent")
+            self._closing()
+            data = ws.data_to_send()
+        transport.write(data)
 
     # --- closing ----------------------------------------------------------------------
 
     def _close(self, code: int, reason: str) -> None:
         """Send a close frame (once); the client answers with its own and we hang up."""
-        if self._close_sent or self._lost:
+        if self._lost or not self.ws.close(code, reason):
             return
-        self._close_sent = True
+        self._closing()
+        self._flush()
+
+    def _closing(self) -> None:
+        """The close frame is queued: no event may follow it, and the client has
+        CLOSE_TIMEOUT seconds to answer."""
         if self.sub is not None:
-            # no event frame may follow the close frame
             self.sub.set_sink(None)
-        self.transport.write(close_frame(code, reason))
         self._close_timer = asyncio.get_running_loop().call_later(
             CLOSE_TIMEOUT, self.transport.abort
         )
@@ -477,16 +448,15 @@ class _Socket(asyncio.Protocol):
 
     def tick(self) -> None:
         """The heartbeat: ping; drop a socket that said nothing since the last ping."""
-        if self._lost or self._close_sent:
+        if self._lost or self.ws.close_sent:
             return
         said = self._said
-        if not self._heard and (said is None or len(said) < _MAX_WAITING):
-            # (a socket not read while what it said is stored cannot be heard: not it)
+        # a socket not read while what it said is stored cannot be heard: not its fault
+        if not self.ws.ping(excused=said is not None and len(said) >= _MAX_WAITING):
             log.info("websocket dropped: no answer to a ping")
             self.transport.abort()
             return
-        self._heard = False
-        self._write(control_frame(OP_PING))
+        self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
