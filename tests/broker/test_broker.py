@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chatroom.broker import Broker, Reset, SlowConsumer, Subscription
-from chatroom.broker.backend import BackendUnavailable, Listener, Page
+from chatroom.broker.backend import BackendUnavailable, Draft, Listener, Page
 from chatroom.broker.broker import Delivery
 from chatroom.broker.memory import MemoryBackend
 from chatroom.core.events import Event, Position
@@ -374,9 +374,9 @@ async def test_join_on_first_connection_only(backends: Backends) -> None:
     broker = await backends.broker(**QUICK)
     await broker.connect(ROOM, "alice", "s1", "tab1")
     await broker.connect(ROOM, "alice", "s1", "tab2")  # a second tab
-    await broker.poll(ROOM, "alice", "s1")  # and a poller of the same session
+    await broker.keep_present(ROOM, "alice", "s1")  # and a poller of the same session
     await broker.connect(ROOM, "bob", "s2", "tab3")
-    await broker.poll(ROOM, "bob", "s2")
+    await broker.keep_present(ROOM, "bob", "s2")
     assert await stored(broker) == [("join", "alice"), ("join", "bob")]
     assert await broker.members(ROOM) == ["alice", "bob"]
     assert await broker.rooms() == [(ROOM, 2)]
@@ -405,9 +405,15 @@ async def test_leave_after_the_last_connection_and_the_linger(backends: Backends
 async def test_rooms_lists_live_and_recent_rooms_busiest_first(backends: Backends) -> None:
     now = [1_764_115_200.0]
     broker = await backends.broker(room_idle=600.0, wall_clock=lambda: now[0])
-    await broker.say("old", "alice", "s1", "long ago")
+
+    async def store(room: str, text: str) -> None:
+        # history without a member: what a room keeps after everyone went
+        draft = Draft("message", "alice", int(now[0] * 1000), text, "s1")
+        await broker.backend.append(room, draft)
+
+    await store("old", "long ago")
     now[0] += 500
-    await broker.say("recent", "alice", "s1", "a while ago")
+    await store("recent", "a while ago")
     await broker.connect("busy", "bob", "s2", "tab-b")
     await broker.connect("busy", "carol", "s3", "tab-c")
     await broker.connect("quiet", "dave", "s4", "tab-d")
@@ -419,7 +425,7 @@ async def test_rooms_lists_live_and_recent_rooms_busiest_first(backends: Backend
     # a member keeps a room listed whatever its last event's age
     now[0] += 10_000
     assert await broker.rooms() == [("busy", 2), ("quiet", 1)]
-    await broker.say("old", "alice", "s1", "back")
+    await store("old", "back")
     assert await broker.rooms() == [("busy", 2), ("quiet", 1), ("old", 0)]
     # pages: `after` is the (members, name) the previous page ended with
     assert await broker.rooms(limit=2) == [("busy", 2), ("quiet", 1)]
@@ -443,9 +449,9 @@ async def test_a_reconnect_within_the_linger_is_neither_leave_nor_join(
 
 async def test_a_poller_leaves_when_it_stops_polling(backends: Backends) -> None:
     broker = await backends.broker(**QUICK)
-    await broker.poll(ROOM, "alice", "s1")
+    await broker.keep_present(ROOM, "alice", "s1")
     await asyncio.sleep(0.3)
-    await broker.poll(ROOM, "alice", "s1")  # keeps it present 0.6 s from now
+    await broker.keep_present(ROOM, "alice", "s1")  # keeps it present 0.6 s from now
     await asyncio.sleep(0.4)  # past the first poll's 0.6 s
     assert await broker.members(ROOM) == ["alice"]
     assert await stored(broker) == [("join", "alice")]
@@ -462,7 +468,7 @@ async def test_a_nickname_is_refused_to_another_session(backends: Backends) -> N
     with pytest.raises(NicknameTaken):
         await broker.check(ROOM, "alice", "s2")
     with pytest.raises(NicknameTaken):
-        await broker.poll(ROOM, "alice", "s2")
+        await broker.keep_present(ROOM, "alice", "s2")
     await broker.claim(ROOM, "alice", "s1")  # its own session may come back
     await broker.claim("kitchen", "alice", "s2")  # another room is another namespace
     assert await stored(broker) == [("join", "alice")]
@@ -543,7 +549,7 @@ async def test_only_a_member_of_the_room_may_speak_there(backends: Backends) -> 
     await eventually(broker, [*await stored(broker), ("leave", "alice")])
     with pytest.raises(NotMember):
         await broker.say(ROOM, "alice", "s1", "still here?")
-    await broker.poll(ROOM, "alice", "s1")
+    await broker.keep_present(ROOM, "alice", "s1")
     await broker.say(ROOM, "alice", "s1", "back")
 
     # after Leave, she is told she left (not merely that she is no member)
@@ -566,7 +572,7 @@ async def test_another_session_of_the_same_name_cannot_undo_a_leave(
     await broker.leave(ROOM, "alice", "s2")
     assert await stored(broker) == [("join", "alice"), ("leave", "alice")]
     with pytest.raises(LeftRoom):
-        await broker.poll(ROOM, "alice", "s1")
+        await broker.keep_present(ROOM, "alice", "s1")
     with pytest.raises(LeftRoom):
         await broker.connect(ROOM, "alice", "s1", "tab")
     with pytest.raises(LeftRoom):

@@ -147,7 +147,7 @@ async def test_a_sink_that_says_too_slow_cuts_the_subscriber_off(backends: Backe
     sub, consumer = await parked(broker, socket)
     written = await say(broker, 3, together=False)
     await eventually(lambda: len(socket.ids) == 3)
-    socket.unsent = broker.max_unsent + 1
+    socket.unsent = broker.hub.max_unsent + 1
     rest = await say(broker, 5, together=False)
     with pytest.raises(SlowConsumer, match="too slow"):
         await asyncio.wait_for(consumer, 3)
@@ -185,7 +185,7 @@ async def test_a_batch_that_does_not_follow_on_never_goes_through_the_sink(
     cursor = sub.cursor
     assert cursor is not None
     ahead = Event.create(ROOM, Position(cursor.epoch, cursor.offset + 5), "message", "x", 1, "?")
-    broker._on_events(ROOM, [ahead])
+    broker.hub.deliver(ROOM, [ahead])
     await asyncio.sleep(0.1)
     assert socket.sink_writes == 0
     # the consumer asked the backend, which holds no such event: nothing was written
@@ -262,7 +262,7 @@ class Pump:
 
     async def run(self) -> None:
         try:
-            while (batch := await self.sub.poll()) is not None:
+            while (batch := await self.sub.take()) is not None:
                 self.socket.consumed(batch)
                 if self.busy:
                     await asyncio.sleep(random.random() * self.busy)
@@ -310,7 +310,7 @@ async def test_a_woken_callback_subscriber_is_not_cut_off_by_a_second_push(
     sub = broker.subscribe(ROOM, head.position)
     calls: list[int] = []
     sub.on_ready(lambda: calls.append(1))
-    while await sub.poll() is not None:
+    while await sub.take() is not None:
         pass
     epoch = head.position.epoch
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.browser
 
 
 async def test_join_leave_and_members_on_every_technique(people: People, server: Server) -> None:
-    server.broker.linger = 1.0
+    server.broker.presence.linger = 1.0
     alice, bob, carol, dave = await people.enter_all(
         ("alice", "websocket"),
         ("bob", "sse"),
@@ -52,7 +52,8 @@ async def test_join_leave_and_members_on_every_technique(people: People, server:
 
     # A closed connection lingers (5 s, 1 s here) before it counts as gone: wait past
     # that, then check nobody came back and nobody left twice.
-    await asyncio.sleep(alice.server.broker.linger + alice.server.broker.reap_interval + 0.5)
+    presence = alice.server.broker.presence
+    await asyncio.sleep(presence.linger + presence.reap_interval + 0.5)
     await alice.sees_members(["alice"], wait_ms=1_000)
     for name in ("bob", "carol", "dave"):
         assert await alice.notices("join", name) == 1, name

@@ -264,7 +264,7 @@ async def test_no_session_401(server: Server, client: aiohttp.ClientSession) -> 
 
 async def test_poll_keeps_the_poller_present(tmp_path: Path) -> None:
     async with serving(tmp_path, presence_ttl=0.6, longpoll_timeout=0.1) as server:
-        server.broker.reap_interval = 0.1
+        server.broker.presence.reap_interval = 0.1
         async with new_client() as client:
             await login(client, server, "alice")
             for _ in range(8):

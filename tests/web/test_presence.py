@@ -35,8 +35,8 @@ async def kinds(client: aiohttp.ClientSession, server: Server) -> list[tuple[str
 
 async def test_two_sockets_one_join_and_leave_after_the_last_closes(tmp_path: Path) -> None:
     async with serving(tmp_path, presence_ttl=0.6) as server, new_client() as client:
-        server.broker.linger = 0.1
-        server.broker.reap_interval = 0.1
+        server.broker.presence.linger = 0.1
+        server.broker.presence.reap_interval = 0.1
         await login(client, server, "alice", demo="websocket")
         async with open_ws(client, server) as first:
             async with open_ws(client, server) as second:
@@ -61,8 +61,8 @@ async def test_two_sockets_one_join_and_leave_after_the_last_closes(tmp_path: Pa
 
 async def test_a_reconnect_within_linger_is_no_leave(tmp_path: Path) -> None:
     async with serving(tmp_path, presence_ttl=0.5) as server, new_client() as client:
-        server.broker.linger = 0.8
-        server.broker.reap_interval = 0.1
+        server.broker.presence.linger = 0.8
+        server.broker.presence.reap_interval = 0.1
         await login(client, server, "alice", demo="websocket")
         for _ in range(3):
             async with open_ws(client, server) as ws:

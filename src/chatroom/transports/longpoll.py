@@ -35,7 +35,7 @@ async def wait_for_news(request: web.Request) -> web.Response:
     edge = checked(request)
     room, session = edge.room, edge.require_session()
     await enter_room(chat, room, edge.address)
-    await chat.broker.poll(room, session.user, session.sid)
+    await chat.broker.keep_present(room, session.user, session.sid)
     cursor = read_cursor(request.query.get("lastReceived"))
     batch: list[Delivery] = []
     chat.connections["longpolling"] += 1

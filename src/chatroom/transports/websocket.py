@@ -249,7 +249,7 @@ class _Socket(asyncio.Protocol):
         assert sub is not None
         try:
             while True:
-                batch = await sub.poll()
+                batch = await sub.take()
                 if batch is None or self.ws.close_sent or self._lost:
                     # caught up: the fan-out writes live events itself until _ready()
                     return

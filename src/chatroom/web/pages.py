@@ -171,7 +171,7 @@ async def _room_page(
             raise _to_welcome(room, technique, "cross_site")
         await enter_room(chat, room, edge.address)
         try:
-            await chat.broker.poll(room, session.user, session.sid)
+            await chat.broker.keep_present(room, session.user, session.sid)
         except NicknameTaken:
             raise _to_welcome(room, technique, "taken") from None
     events, head = await chat.broker.recent(room)
