@@ -26,7 +26,7 @@ from chatroom.core.events import Event, Position
 from chatroom.core.presence import LeftRoom, NicknameTaken, NotMember
 from chatroom.core.validation import InvalidInput
 from tests.broker.conftest import Backends
-from tests.support import present
+from tests.support import eventually, present
 
 ROOM = "lobby"
 OTHER_EPOCH = "zz000000"
@@ -362,12 +362,13 @@ class Timings(TypedDict):
 QUICK = Timings(presence_ttl=0.6, linger=0.2, reap_interval=0.05)
 
 
-async def eventually(broker: Broker, expected: list[tuple[str, str]], within: float = 2.0) -> None:
-    """Wait until the room's stored events are `expected`; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while (got := await stored(broker)) != expected:
-        assert time.monotonic() < deadline, f"stored {got}, waited for {expected}"
-        await asyncio.sleep(0.02)
+async def stored_becomes(broker: Broker, expected: list[tuple[str, str]]) -> None:
+    """Wait until the room's stored events are `expected`."""
+
+    async def holds() -> bool:
+        return await stored(broker) == expected
+
+    await eventually(holds, within=2.0)
 
 
 async def test_join_on_first_connection_only(backends: Backends) -> None:
@@ -394,7 +395,7 @@ async def test_leave_after_the_last_connection_and_the_linger(backends: Backends
     await broker.disconnect("tab2")
     assert await broker.members(ROOM) == ["alice"]  # lingering: a reload is no leave
     assert await stored(broker) == [("join", "alice")]
-    await eventually(broker, [("join", "alice"), ("leave", "alice")])
+    await stored_becomes(broker, [("join", "alice"), ("leave", "alice")])
     assert await broker.members(ROOM) == []
     assert await broker.rooms() == [(ROOM, 0)]
     await broker.disconnect("tab2")  # twice is harmless
@@ -455,7 +456,7 @@ async def test_a_poller_leaves_when_it_stops_polling(backends: Backends) -> None
     await asyncio.sleep(0.4)  # past the first poll's 0.6 s
     assert await broker.members(ROOM) == ["alice"]
     assert await stored(broker) == [("join", "alice")]
-    await eventually(broker, [("join", "alice"), ("leave", "alice")])
+    await stored_becomes(broker, [("join", "alice"), ("leave", "alice")])
 
 
 async def test_a_nickname_is_refused_to_another_session(backends: Backends) -> None:
@@ -546,7 +547,7 @@ async def test_only_a_member_of_the_room_may_speak_there(backends: Backends) -> 
         await broker.say(ROOM, "alice", "s2", "me too")
 
     # her presence ran out (no poll, no socket): she may not speak until she is back
-    await eventually(broker, [*await stored(broker), ("leave", "alice")])
+    await stored_becomes(broker, [*await stored(broker), ("leave", "alice")])
     with pytest.raises(NotMember):
         await broker.say(ROOM, "alice", "s1", "still here?")
     await broker.keep_present(ROOM, "alice", "s1")

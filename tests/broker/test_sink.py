@@ -56,6 +56,10 @@ class Socket:
         self.ids.extend(d.id for d in batch if isinstance(d, Event))
 
 
+# one seeded generator for every random choice here: a failure replays the same way
+rng = random.Random(20261201)
+
+
 def ids(events: Sequence[Event]) -> list[str]:
     return [e.id for e in events]
 
@@ -65,7 +69,7 @@ async def consume(sub: Subscription, socket: Socket, busy: float = 0.0) -> None:
     async for batch in sub:
         socket.consumed(batch)
         if busy:
-            await asyncio.sleep(random.random() * busy)
+            await asyncio.sleep(rng.random() * busy)
 
 
 async def say_in_bits(broker: Broker) -> list[Event]:
@@ -73,8 +77,8 @@ async def say_in_bits(broker: Broker) -> list[Event]:
     long enough for a consumer to catch up and park, some not."""
     said: list[Event] = []
     for _ in range(40):
-        said += await say(broker, random.randint(1, 12), together=random.random() < 0.5)
-        await asyncio.sleep(random.choice([0.0, 0.002, 0.03]))
+        said += await say(broker, rng.randint(1, 12), together=rng.random() < 0.5)
+        await asyncio.sleep(rng.choice([0.0, 0.002, 0.03]))
     return said
 
 
@@ -265,7 +269,7 @@ class Pump:
             while (batch := await self.sub.take()) is not None:
                 self.socket.consumed(batch)
                 if self.busy:
-                    await asyncio.sleep(random.random() * self.busy)
+                    await asyncio.sleep(rng.random() * self.busy)
         except StopAsyncIteration:
             pass
         except Exception as exc:
