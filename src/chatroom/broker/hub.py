@@ -10,7 +10,10 @@ to (a Sink: an asyncio transport, or anything with its three methods) and which 
 event's ready-made framings it speaks. While the subscriber is caught up (its consumer
 parked, nothing queued), the fan-out writes live events straight to that socket: no
 queue, no task wakeup, no per-client encoding, one write per batch. A client whose
-unsent bytes in this process pass `max_unsent` is cut off as too slow.
+unsent bytes in this process pass `max_unsent` is cut off as too slow. While a
+socket has anything unsent (its kernel buffer is full), its events take the queue
+instead, and its consumer writes them together once the socket drains: a stalled
+client costs references in a bounded queue, not a buffer object per event.
 
 `Subscription` and `Hub` live in one module on purpose: the fan-out reads a
 subscription's state directly (a few slot loads per subscriber per batch is what
@@ -400,15 +403,9 @@ class Hub:
                     if sink.is_closing():
                         # the client is gone: its consumer ends with this error
                         sub._fail(ConnectionResetError("the client has gone"), "gone")
-                    elif sink.get_write_buffer_size() > limit:
-                        sub._fail(
-                            SlowConsumer(
-                                "too slow: too much unsent to this client; "
-                                "reconnect and resume from your last id"
-                            )
-                        )
-                        self.stats.cut_off += 1
-                    else:
+                        continue
+                    unsent = sink.get_write_buffer_size()
+                    if not unsent:
                         try:
                             sink.write(framings[sub._framing])
                         except Exception as exc:
@@ -416,7 +413,20 @@ class Hub:
                             sub._fail(ConnectionResetError(f"write failed: {exc}"), "gone")
                             continue
                         sub._cursor = last
-                    continue
+                        continue
+                    if unsent > limit:
+                        sub._fail(
+                            SlowConsumer(
+                                "too slow: too much unsent to this client; "
+                                "reconnect and resume from your last id"
+                            )
+                        )
+                        self.stats.cut_off += 1
+                        continue
+                    # The kernel's buffer is full, so a write now would only wait in
+                    # this process, one buffer object per write: the queue takes the
+                    # events, and the consumer writes them as one once the socket
+                    # drains (a client that stays stalled overflows the queue).
             # Anything else takes the queue, which knows gaps, overlaps and new epochs.
             if not sub._push(events):
                 self.stats.cut_off += 1

@@ -21,6 +21,18 @@ routes = web.RouteTableDef()
 
 # A client that takes longer than this to accept a write is stalled: end its stream.
 _WRITE_TIMEOUT = 30.0
+# How long the stream's last event and its end wait for a client to take them.
+_CLOSE_TIMEOUT = 10.0
+
+_TOO_SLOW = (
+    b'event: cutoff\ndata: {"type":"error","error":"too_slow",'
+    b'"reason":"too slow: reconnect and resume from your last id"}\n\n'
+)
+_UNAVAILABLE = (
+    b'event: cutoff\ndata: {"type":"error","error":"unavailable",'
+    b'"reason":"backend unavailable: reconnect later from your last id"}\n\n'
+)
+_LEFT = b'event: left\ndata: {"type":"left","reason":"you left the room"}\n\n'
 
 
 async def _next(sub: Subscription) -> list[Delivery] | None:
@@ -54,6 +66,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     )
     chat.connections["sse"] += 1
     pending: asyncio.Task[list[Delivery] | None] | None = None
+    last_words = b""
     try:
         await response.prepare(request)
         limit_send_buffer(request.transport, chat.settings.socket_send_buffer)
@@ -76,24 +89,16 @@ async def events(request: web.Request) -> web.StreamResponse:
                 try:
                     batch = pending.result()
                 except SlowConsumer:
-                    await response.write(
-                        b'event: cutoff\ndata: {"type":"error","error":"too_slow",'
-                        b'"reason":"too slow: reconnect and resume from your last id"}\n\n'
-                    )
+                    last_words = _TOO_SLOW
                     break
                 except BackendUnavailable:
-                    await response.write(
-                        b'event: cutoff\ndata: {"type":"error","error":"unavailable",'
-                        b'"reason":"backend unavailable: reconnect later from your last id"}\n\n'
-                    )
+                    last_words = _UNAVAILABLE
                     break
                 pending = None
                 if batch is None:
                     if sub.reason == "left":
                         # tell the page not to reconnect (EventSource would, by itself)
-                        await response.write(
-                            b'event: left\ndata: {"type":"left","reason":"you left the room"}\n\n'
-                        )
+                        last_words = _LEFT
                     break
                 async with asyncio.timeout(_WRITE_TIMEOUT):
                     await response.write(b"".join(item.sse for item in batch))
@@ -108,6 +113,16 @@ async def events(request: web.Request) -> web.StreamResponse:
                 await pending
         chat.connections["sse"] -= 1
         await chat.broker.disconnect(conn)
-    with contextlib.suppress(ConnectionError):
-        await response.write_eof()
+    # The stream's last words and its end; a client that does not read them (one cut
+    # off as too slow, most of all) is not waited for: its connection is dropped.
+    try:
+        async with asyncio.timeout(_CLOSE_TIMEOUT):
+            if response.prepared:
+                if last_words:
+                    await response.write(last_words)
+                await response.write_eof()
+    except (ConnectionError, TimeoutError):
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
     return response
