@@ -18,7 +18,12 @@ per-address, per-session and rate limits lifted), then opens on loopback:
   message's latency from its due time (written in its text) and whether any went
   missing, doubled or came out of order;
 - one publisher saying messages of `--size` characters at `--rate` a second for
-  `--seconds` through the long-poll POST, one after another on an open-loop schedule.
+  `--seconds`: through one WebSocket, each frame sent when due whatever the answers (the
+  server stores one socket's messages in order and acks each), or with `--publish
+  longpoll` through POSTs one after another (a late answer delays the next).
+
+`--read` is the control: the same clients read and drop all they are sent, so the same
+fan-out runs without anyone stalling.
 
 Every `--sample-every` seconds it samples the server's RSS (/proc/PID/status), the
 kernel's TCP memory (/proc/net/sockstat, for the whole machine: other processes' sockets
@@ -207,6 +212,36 @@ async def open_stalled(
 PONG = bytes((0x8A, 0x80)) + b"\x00\x00\x00\x00"
 
 
+class Drain:
+    """`--read`, the control: every client reads and drops what it is sent, at once."""
+
+    def __init__(self, socks: list[socket.socket]) -> None:
+        self.socks = socks
+        self.bytes = 0
+        loop = asyncio.get_running_loop()
+        for sock in socks:
+            loop.add_reader(sock.fileno(), self._read, sock)
+
+    def _read(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                data = sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+                return
+            self.bytes += len(data)
+
+    def stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self.socks:
+            if sock.fileno() >= 0:
+                loop.remove_reader(sock.fileno())
+
+
 async def keep_pongs(socks: list[socket.socket], every: float, gone: set[int]) -> None:
     """Send each stalled WebSocket an unsolicited pong now and then; note which are gone."""
     while True:
@@ -232,7 +267,7 @@ class Good:
     seqs: list[int] = field(default_factory=list)
     ids: dict[int, str] = field(default_factory=dict)
     # in arrival order: latency in ms from each message's due time (the publisher's
-    # open-loop schedule), and from the moment its POST was sent
+    # schedule), and from the moment it was sent
     latencies: array[float] = field(default_factory=lambda: array("d"))
     since_sent: array[float] = field(default_factory=lambda: array("d"))
     arrivals: array[float] = field(default_factory=lambda: array("d"))
@@ -298,31 +333,45 @@ async def good_sse(login: Login, base: str, good: Good) -> None:
 @dataclass
 class Published:
     ids: dict[int, str] = field(default_factory=dict)
-    post_ms: array[float] = field(default_factory=lambda: array("d"))
+    # how long each say took to be answered (the POST's response, or the WebSocket's ack)
+    say_ms: array[float] = field(default_factory=lambda: array("d"))
     errors: list[str] = field(default_factory=list)
+    # messages sent (answered or not)
+    sent: int = 0
 
     @property
     def count(self) -> int:
         return len(self.ids)
 
 
-async def publish(
+def _text(seq: int, due: int, now: int, size: int) -> str:
+    head = f"{MARK}{seq}:{due}:{now}:"
+    return head + "x" * max(0, size - len(head))
+
+
+async def _due(seq: int, start_ns: int, interval: int) -> int:
+    due = start_ns + seq * interval
+    delay = (due - time.monotonic_ns()) / 1e9
+    if delay > 0:
+        await asyncio.sleep(delay)
+    return due
+
+
+async def publish_longpoll(
     login: Login, base: str, args: argparse.Namespace, start_ns: int, out: Published
 ) -> None:
-    """Say rate*seconds messages, one after another, each due at start + seq/rate."""
-    total = round(args.rate * args.seconds)
+    """Say rate*seconds messages by POST, one after another, each due at start + seq/rate
+    (a POST answered late delays the next: the schedule slips, and the latency from the
+    due time shows it)."""
     interval = int(1e9 / args.rate)
     url = f"{base}/longpolling/room/messages"
-    for seq in range(total):
-        due = start_ns + seq * interval
-        delay = (due - time.monotonic_ns()) / 1e9
-        if delay > 0:
-            await asyncio.sleep(delay)
+    for seq in range(round(args.rate * args.seconds)):
+        due = await _due(seq, start_ns, interval)
         t0 = time.monotonic_ns()
-        head = f"{MARK}{seq}:{due}:{t0}:"
-        text = head + "x" * max(0, args.size - len(head))
+        out.sent += 1
         async with login.http.post(
-            url, params={"room": ROOM}, json={"message": text, "csrf": login.csrf}
+            url, params={"room": ROOM},
+            json={"message": _text(seq, due, t0, args.size), "csrf": login.csrf},
         ) as response:
             body = await response.read()
             if response.status != 200:
@@ -330,8 +379,61 @@ async def publish(
                 if len(out.errors) > 20:
                     return
                 continue
-        out.post_ms.append((time.monotonic_ns() - t0) / 1e6)
+        out.say_ms.append((time.monotonic_ns() - t0) / 1e6)
         out.ids[seq] = str(orjson.loads(body)["id"])
+
+
+async def publish_websocket(
+    login: Login, base: str, args: argparse.Namespace, start_ns: int, out: Published
+) -> None:
+    """Say rate*seconds messages through one WebSocket, each sent when due whatever the
+    answers (open loop); the server stores one socket's messages in order and acks each."""
+    interval = int(1e9 / args.rate)
+    total = round(args.rate * args.seconds)
+    url = base.replace("http://", "ws://", 1) + f"/websocket/room/socket?room={ROOM}"
+    sent_at: dict[int, int] = {}
+    all_acked = asyncio.get_running_loop().create_future()
+
+    async def read(ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            frame = orjson.loads(msg.data)
+            kind, cid = frame.get("type"), frame.get("client_id")
+            if kind not in ("ack", "error") or not isinstance(cid, str):
+                continue  # the room's events: the publisher reads them and lets them go
+            seq = int(cid)
+            if kind == "ack":
+                out.ids[seq] = str(frame["id"])
+                out.say_ms.append((time.monotonic_ns() - sent_at[seq]) / 1e6)
+            else:
+                out.errors.append(f"seq {seq}: {frame.get('error')}: {frame.get('reason')}")
+            if len(out.ids) + len(out.errors) >= total and not all_acked.done():
+                all_acked.set_result(None)
+        if not all_acked.done():
+            out.errors.append(f"the publisher's WebSocket closed: {ws.close_code}")
+            all_acked.set_result(None)
+
+    async with login.http.ws_connect(url, autoping=True, max_msg_size=1 << 20) as ws:
+        reader = asyncio.create_task(read(ws))
+        try:
+            for seq in range(total):
+                due = await _due(seq, start_ns, interval)
+                now = time.monotonic_ns()
+                sent_at[seq] = now
+                out.sent += 1
+                await ws.send_str(
+                    orjson.dumps(
+                        {"text": _text(seq, due, now, args.size), "client_id": str(seq)}
+                    ).decode()
+                )
+                if all_acked.done():
+                    break  # closed under us
+            await all_acked
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
 
 
 # --- sampling ---------------------------------------------------------------------------------
@@ -499,13 +601,15 @@ class Summary:
     size: int
     seconds: float
     opened: int
+    read: bool = False
+    publish: str = "websocket"
     baseline: Sample | None = None
     samples: list[Sample] = field(default_factory=list)
     sent: int = 0
     publish_errors: list[str] = field(default_factory=list)
-    post_p50_ms: float = 0.0
-    post_p99_ms: float = 0.0
-    post_max_ms: float = 0.0
+    say_p50_ms: float = 0.0
+    say_p99_ms: float = 0.0
+    say_max_ms: float = 0.0
     good_received: int = 0
     good_lost: int = 0
     good_duplicates: int = 0
@@ -556,6 +660,7 @@ class Summary:
         base = self.baseline
         return {
             "command": self.command, "technique": self.technique, "clients": self.clients,
+            "read": self.read, "publish": self.publish,
             "opened": self.opened, "send_buffer": self.send_buffer,
             "max_unsent": self.max_unsent, "rate": self.rate, "size": self.size,
             "seconds": self.seconds, "sent": self.sent, "publish_errors": self.publish_errors,
@@ -567,8 +672,8 @@ class Summary:
                 "since_sent_p50_ms": self.sent_p50_ms, "since_sent_p99_ms": self.sent_p99_ms,
                 "since_sent_max_ms": self.sent_max_ms,
             },
-            "post_p50_ms": self.post_p50_ms, "post_p99_ms": self.post_p99_ms,
-            "post_max_ms": self.post_max_ms,
+            "say_p50_ms": self.say_p50_ms, "say_p99_ms": self.say_p99_ms,
+            "say_max_ms": self.say_max_ms,
             "healthz_p50_ms": percentile(list(self.probe.ms), 0.5),
             "healthz_p99_ms": percentile(list(self.probe.ms), 0.99),
             "healthz_max_ms": max(self.probe.ms, default=0.0),
@@ -615,7 +720,7 @@ async def run(args: argparse.Namespace, command: str) -> Summary:
     summary = Summary(
         command=command, technique=args.technique, clients=args.clients,
         send_buffer=args.send_buffer, max_unsent=args.max_unsent, rate=args.rate,
-        size=args.size, seconds=args.seconds, opened=0,
+        size=args.size, seconds=args.seconds, opened=0, read=args.read, publish=args.publish,
     )
     with tempfile.TemporaryDirectory(prefix="chatroom-stalled-") as tmp:
         log_path = Path(tmp) / "server.log"
@@ -651,7 +756,9 @@ async def _measure(
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(aiohttp.ClientSession())
         await wait_ready(http, base, proc)
-        publisher = await login(base, "publisher", "longpolling")
+        publisher = await login(
+            base, "publisher", "websocket" if args.publish == "websocket" else "longpolling"
+        )
         stack.push_async_callback(publisher.http.close)
         reader = await login(base, "good", args.technique)
         stack.push_async_callback(reader.http.close)
@@ -711,6 +818,9 @@ async def _measure(
         )
         probe_http = await stack.enter_async_context(aiohttp.ClientSession())
         probe_task = asyncio.create_task(probe.run(probe_http, base, args.probe_every))
+        drain = Drain(socks) if args.read else None
+        if drain is not None:
+            stack.callback(drain.stop)
         gone: set[int] = set()
         pongs = (
             asyncio.create_task(keep_pongs(socks, args.pong_every, gone))
@@ -719,6 +829,7 @@ async def _measure(
         )
 
         start_ns = good.start_ns = time.monotonic_ns() + 50_000_000
+        publish = publish_websocket if args.publish == "websocket" else publish_longpoll
         publish_task = asyncio.create_task(publish(publisher, base, args, start_ns, published))
 
         async def sample_until(done: asyncio.Future[Any] | None, until: float) -> None:
@@ -767,7 +878,7 @@ async def _measure(
         summary.good_duplicates = good.duplicates
         summary.good_out_of_order = good.out_of_order
         summary.good_wrong_ids = sum(
-            1 for seq, ident in good.ids.items() if published.ids.get(seq) != ident
+            1 for seq, ident in good.ids.items() if published.ids.get(seq, ident) != ident
         )
         summary.good_ended = good.ended
         lat = list(good.latencies)
@@ -776,9 +887,9 @@ async def _measure(
         since = list(good.since_sent)
         summary.sent_p50_ms, summary.sent_p99_ms = percentile(since, 0.5), percentile(since, 0.99)
         summary.sent_max_ms = max(since, default=0.0)
-        posts = list(published.post_ms)
-        summary.post_p50_ms, summary.post_p99_ms = percentile(posts, 0.5), percentile(posts, 0.99)
-        summary.post_max_ms = max(posts, default=0.0)
+        posts = list(published.say_ms)
+        summary.say_p50_ms, summary.say_p99_ms = percentile(posts, 0.5), percentile(posts, 0.99)
+        summary.say_max_ms = max(posts, default=0.0)
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -793,7 +904,7 @@ def table(summary: Summary, every: float) -> str:
         "| t s | sent | server CPU % | server RSS MiB | sockstat TCP mem MiB "
         "| stalled sockets (server side) | their Send-Q MiB "
         "| kernel queued MiB (max/socket KiB) | cut off | good p50/p99/max ms from due "
-        "| good max ms from POST | /healthz max ms |",
+        "| good max ms from its send | /healthz max ms |",
         "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     base = summary.baseline
@@ -835,7 +946,8 @@ def report(summary: Summary, every: float) -> str:
     base, peak, end = data["baseline"] or {}, data["peak"], data["end"] or {}
     n = max(1, summary.opened)
     lines = [
-        f"stalled readers: {summary.opened} {summary.technique} clients that never read, "
+        f"stalled readers: {summary.opened} {summary.technique} clients that "
+        f"{'read everything (the control)' if summary.read else 'never read'}, "
         f"send buffer {summary.send_buffer or 'system default'}, max unsent "
         f"{summary.max_unsent}, {summary.rate:g} msg/s of {summary.size} characters "
         f"for {summary.seconds:g} s",
@@ -872,13 +984,14 @@ def report(summary: Summary, every: float) -> str:
         f"{summary.good_out_of_order}, ids not the publisher's {summary.good_wrong_ids}; "
         f"latency p50 {summary.p50_ms:.1f} ms, p99 {summary.p99_ms:.1f} ms, max "
         f"{summary.max_ms:.1f} ms from each message's due time; p50 {summary.sent_p50_ms:.1f} "
-        f"ms, p99 {summary.sent_p99_ms:.1f} ms, max {summary.sent_max_ms:.1f} ms from its POST"
+        f"ms, p99 {summary.sent_p99_ms:.1f} ms, max {summary.sent_max_ms:.1f} ms from its send"
         + (f"; its stream ended: {summary.good_ended}" if summary.good_ended else ""),
         f"server: /healthz p50 {data['healthz_p50_ms']:.1f} ms, p99 "
         f"{data['healthz_p99_ms']:.1f} ms, max {data['healthz_max_ms']:.1f} ms; CPU "
         f"{data['server_cpu_s']:.1f} s from the first message to the end",
-        f"publisher: POST p50 {summary.post_p50_ms:.1f} ms, p99 {summary.post_p99_ms:.1f} ms, "
-        f"max {summary.post_max_ms:.1f} ms"
+        f"publisher ({summary.publish}): answered in p50 {summary.say_p50_ms:.1f} ms, p99 "
+        f"{summary.say_p99_ms:.1f} ms, "
+        f"max {summary.say_max_ms:.1f} ms"
         + (f"; errors: {summary.publish_errors[:3]}" if summary.publish_errors else ""),
     ]
     if summary.technique == "websocket":
@@ -907,6 +1020,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seconds", type=float, default=60.0, help="how long to publish (60)")
     p.add_argument("--rate", type=float, default=50.0, help="messages a second (50)")
+    p.add_argument(
+        "--publish", choices=("websocket", "longpoll"), default="websocket",
+        help="how the publisher says: one WebSocket, open loop (default), or long-poll POSTs "
+        "one after another",
+    )
     p.add_argument("--size", type=int, default=1000, help="characters a message (1000)")
     p.add_argument(
         "--rcvbuf", type=int, default=4096, help="SO_RCVBUF of each stalled client (4096)"
@@ -918,6 +1036,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--pong-every", type=float, default=5.0,
         help="seconds between a stalled WebSocket's unsolicited pongs (0: none; 5)",
+    )
+    p.add_argument(
+        "--read", action="store_true",
+        help="the control: the clients read (and drop) all they are sent instead of stalling",
     )
     p.add_argument("--sample-every", type=float, default=1.0, help="seconds between samples")
     p.add_argument(

@@ -22,15 +22,18 @@ SEND_BUFFER = 8192
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read sockets")
-@pytest.mark.parametrize("technique", ["websocket", "sse"])
+# each technique once, with each of the tool's two publishers
+@pytest.mark.parametrize(
+    ("technique", "publish"), [("websocket", "websocket"), ("sse", "longpoll")]
+)
 def test_stalled_readers_are_cut_off_and_the_good_client_misses_nothing(
-    tmp_path: Path, technique: str
+    tmp_path: Path, technique: str, publish: str
 ) -> None:
     out = tmp_path / "figures.json"
     done = subprocess.run(
         [
             sys.executable, "-m", "tests.tools.stalled_readers",
-            "--clients", str(CLIENTS), "--technique", technique,
+            "--clients", str(CLIENTS), "--technique", technique, "--publish", publish,
             "--send-buffer", str(SEND_BUFFER), "--max-unsent", "32768",
             "--seconds", "3", "--rate", "50", "--size", "1000",
             "--settle", "1", "--json", str(out),
