@@ -257,6 +257,101 @@ async def keep_pongs(socks: list[socket.socket], every: float, gone: set[int]) -
                 gone.add(i)
 
 
+async def open_many(
+    args: argparse.Namespace, port: int, cookie: str
+) -> list[socket.socket]:
+    """Open `--clients` clients, 64 at a time; all of them or an error."""
+    socks: list[socket.socket] = []
+    gate = asyncio.Semaphore(64)
+    failures: list[str] = []
+
+    async def one(i: int) -> None:
+        async with gate:
+            if failures:
+                return
+            try:
+                socks.append(
+                    await open_stalled(
+                        args.technique, port, cookie, source_address(i, args.per_address),
+                        args.rcvbuf,
+                    )
+                )
+            except (OSError, TimeoutError) as exc:
+                failures.append(f"client {i}: {exc}")
+
+    await asyncio.gather(*(one(i) for i in range(args.clients)))
+    if failures:
+        for sock in socks:
+            sock.close()
+        raise RuntimeError(f"{len(failures)} clients failed to open: {failures[:3]}")
+    return socks
+
+
+async def start_drain_child(
+    args: argparse.Namespace, port: int, cookie: str
+) -> asyncio.subprocess.Process:
+    """`--read`: a child process opens the clients and reads all they are sent."""
+    argv = [
+        sys.executable, "-m", "tests.tools.stalled_readers", "--drain-child",
+        "--clients", str(args.clients), "--technique", args.technique,
+        "--rcvbuf", str(args.rcvbuf), "--per-address", str(args.per_address),
+        "--pong-every", str(args.pong_every),
+    ]
+    child = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    assert child.stdin is not None
+    assert child.stdout is not None
+    child.stdin.write(orjson.dumps({"port": port, "cookie": cookie}) + b"\n")
+    await child.stdin.drain()
+    line = await asyncio.wait_for(child.stdout.readline(), 120)
+    if not line.startswith(b"ready"):
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        await child.wait()
+        raise RuntimeError(f"the reading clients did not start: {line[:300]!r}")
+    return child
+
+
+async def stop_drain_child(child: asyncio.subprocess.Process) -> None:
+    if child.stdin is not None:
+        child.stdin.close()
+    try:
+        await asyncio.wait_for(child.wait(), 20)
+    except TimeoutError:
+        child.kill()
+        await child.wait()
+
+
+async def drain_child(args: argparse.Namespace) -> int:
+    """The child of `--read`: open the clients, read and drop everything until stdin ends."""
+    loop = asyncio.get_running_loop()
+    stdin = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    config = orjson.loads(await stdin.readline())
+    try:
+        socks = await open_many(args, int(config["port"]), str(config["cookie"]))
+    except RuntimeError as exc:
+        print(f"failed {exc}", flush=True)
+        return 1
+    drain = Drain(socks)
+    gone: set[int] = set()
+    pongs = (
+        asyncio.create_task(keep_pongs(socks, args.pong_every, gone))
+        if args.technique == "websocket" and args.pong_every > 0
+        else None
+    )
+    print(f"ready {len(socks)}", flush=True)
+    await stdin.read()  # until the parent closes it
+    if pongs is not None:
+        pongs.cancel()
+    drain.stop()
+    for sock in socks:
+        sock.close()
+    print(f"read {drain.bytes}", flush=True)
+    return 0
+
+
 # --- the good client and the publisher -----------------------------------------------------
 
 
@@ -779,32 +874,21 @@ async def _measure(
 
         stack.callback(close_all)
         sources = {source_address(i, args.per_address) for i in range(max(1, args.clients))}
-        gate = asyncio.Semaphore(64)
-        failures: list[str] = []
-
-        async def one(i: int) -> None:
-            async with gate:
-                if failures:
-                    return
-                try:
-                    socks.append(
-                        await open_stalled(
-                            args.technique, port, stalled.cookie,
-                            source_address(i, args.per_address), args.rcvbuf,
-                        )
-                    )
-                except (OSError, TimeoutError) as exc:
-                    failures.append(f"stalled client {i}: {exc}")
-
         t0 = time.monotonic()
-        await asyncio.gather(*(one(i) for i in range(args.clients)))
-        summary.opened = len(socks)
+        child: asyncio.subprocess.Process | None = None
+        if args.read:
+            # the reading clients live in a process of their own: reading 1000 sockets
+            # would otherwise slow the loop that measures the good client
+            child = await start_drain_child(args, port, stalled.cookie)
+            stack.push_async_callback(stop_drain_child, child)
+            summary.opened = args.clients
+        else:
+            socks += await open_many(args, port, stalled.cookie)
+            summary.opened = len(socks)
         print(
-            f"opened {len(socks)} stalled {args.technique} clients in "
+            f"opened {summary.opened} {args.technique} clients in "
             f"{time.monotonic() - t0:.1f} s", file=sys.stderr,
         )
-        if failures:
-            raise RuntimeError(f"{len(failures)} stalled clients failed: {failures[:3]}")
         if good_task.done():
             good_task.result()
             raise RuntimeError(f"the good client ended before the publishing: {good.ended}")
@@ -818,13 +902,10 @@ async def _measure(
         )
         probe_http = await stack.enter_async_context(aiohttp.ClientSession())
         probe_task = asyncio.create_task(probe.run(probe_http, base, args.probe_every))
-        drain = Drain(socks) if args.read else None
-        if drain is not None:
-            stack.callback(drain.stop)
         gone: set[int] = set()
         pongs = (
             asyncio.create_task(keep_pongs(socks, args.pong_every, gone))
-            if args.technique == "websocket" and args.pong_every > 0
+            if args.technique == "websocket" and args.pong_every > 0 and socks
             else None
         )
 
@@ -994,7 +1075,7 @@ def report(summary: Summary, every: float) -> str:
         f"max {summary.say_max_ms:.1f} ms"
         + (f"; errors: {summary.publish_errors[:3]}" if summary.publish_errors else ""),
     ]
-    if summary.technique == "websocket":
+    if summary.technique == "websocket" and not summary.read:
         lines.append(
             f"stalled WebSockets whose pong could not be sent (reset): {summary.pongs_failed}"
         )
@@ -1041,6 +1122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--read", action="store_true",
         help="the control: the clients read (and drop) all they are sent instead of stalling",
     )
+    p.add_argument("--drain-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--sample-every", type=float, default=1.0, help="seconds between samples")
     p.add_argument(
         "--probe-every", type=float, default=0.1, help="seconds between GET /healthz probes"
@@ -1070,6 +1152,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.drain_child:
+        try:
+            import uvloop  # the cheapest loop for reading many sockets
+        except ImportError:
+            return asyncio.run(drain_child(args))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(drain_child(args))
     shown = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "-m", "tests.tools.stalled_readers", *shown])
     try:
