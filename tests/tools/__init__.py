@@ -1,0 +1,1 @@
+"""Measurement tools run by hand (python -m tests.tools.NAME), each with a small test."""
