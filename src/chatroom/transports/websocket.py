@@ -241,8 +241,13 @@ class _Socket(asyncio.Protocol):
 
     def _ready(self) -> None:
         """The subscription has something for the pump (or has ended)."""
-        if self._pump is None and not self._lost and not self.ws.close_sent:
-            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+        if self._pump is None:
+            if not self._lost and not self.ws.close_sent:
+                self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+        elif self.sub is not None and self.sub.reason is not None:
+            # It ended (cut off as too slow, left, shutdown) while the pump waits for a
+            # socket that does not drain: the pump goes on, to say so and close.
+            self.resume_writing()
 
     async def _run_pump(self) -> None:
         sub = self.sub
