@@ -16,6 +16,7 @@ import socket
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from chatroom.config import Settings
@@ -86,10 +87,34 @@ class ConnectionGuard:
 guard_key = web.AppKey("chatroom_connection_guard", ConnectionGuard)
 
 
+class _Handler(RequestHandler):
+    """aiohttp's connection handler, except that a request it cannot parse (a bad header
+    byte, two Content-Lengths, a broken chunk, a body not in its Content-Encoding) is
+    logged as what it is: the client's mistake, answered 400, in one line at INFO.
+    aiohttp logs it at ERROR with a traceback, so that anyone could fill the log with
+    tracebacks."""
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        exc = kw.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError):
+            # a body nobody read, drained after the answer: the same mistake
+            self.logger.info("malformed request body: %s", str(exc)[:200])
+            return
+        if isinstance(exc, HttpProcessingError):
+            self.logger.info(
+                "malformed request refused (%s): %s", exc.code, str(exc.message)[:200]
+            )
+            return
+        super().log_exception(*args, **kw)
+
+
 class _GuardedServer(web.Server):
     """aiohttp's connection manager, telling the guard of each connection's start and end."""
 
     guard: ConnectionGuard
+
+    def __call__(self) -> RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
 
     def connection_made(
         self, handler: RequestHandler, transport: asyncio.Transport
