@@ -338,13 +338,23 @@ _MAX_FIELDS = 32
 
 
 async def parse_body(request: web.Request) -> Form:
-    """A form or JSON object body as a dict: 400 for bytes that are not one, 413 for too
-    many (aiohttp refuses a body over client_max_size), 415 for another type."""
+    """A form or JSON object body as a dict: 400 for bytes that are not one (or that
+    stop short), 413 for too many (over client_max_size), 415 for another type."""
     content_type = request.content_type
     charset = request.charset
     if charset is not None and charset.lower() not in ("utf-8", "utf8"):
         raise Refused(415, "bad_charset", "send the body in UTF-8")
-    body = await request.read()
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise Refused(413, "too_large", f"the body is too large: {exc.text}") from None
+    except web.RequestPayloadError as exc:
+        # bytes that are no body: a broken chunk, a Content-Encoding they are not in
+        raise Refused(400, "bad_body", f"the body cannot be read: {exc}"[:300]) from None
+    except ConnectionError:
+        # the client went (or half-closed) before the whole body came: nobody may hear
+        # this, but it is a refusal, not a server error
+        raise Refused(400, "bad_body", "the body ended before its Content-Length") from None
     if not body:
         return {}
     if content_type == _FORM or hdrs.CONTENT_TYPE not in request.headers:
