@@ -4,6 +4,7 @@ request changes nothing."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -329,3 +330,147 @@ async def test_hsts_when_cookies_are_secure(tmp_path: Path) -> None:
         c.get(f"{srv.url}/nowhere") as response,
     ):
         assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+# --- what the route fuzz found (tests/web/test_fuzz_routes.py) --------------------------
+
+
+def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno >= logging.ERROR or r.exc_info
+    ]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        # a NUL in a cookie name (found by the fuzz: `Cookie: ...; \x00=`)
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: a=; \x00=\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX: a\x01b\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"POST /longpolling/room/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n",
+    ],
+    ids=["nul-cookie-name", "control-byte", "two-lengths", "bad-chunk"],
+)
+async def test_a_request_that_cannot_be_parsed_is_400_and_logs_no_traceback(
+    server: Server, caplog: pytest.LogCaptureFixture, head: bytes
+) -> None:
+    caplog.set_level(logging.INFO)
+    status, body = await raw_request(server, head)
+    assert status == 400
+    assert body.strip()
+    await asyncio.sleep(0.05)
+    assert _tracebacks(caplog) == []
+    # it is still told, in one line
+    assert any("malformed request" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_body_cut_short_by_the_client_logs_no_traceback(
+    server: Server, client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Content-Length promises 100 bytes; the client sends 10 and half-closes
+    caplog.set_level(logging.INFO)
+    page = await login(client, server, "alice", demo="longpolling")
+    head = (
+        f"POST /longpolling/room/messages?room=lobby HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{server.port}\r\nCookie: {COOKIE}={cookie_of(client, server)}\r\n"
+        f"X-CSRF-Token: {page.csrf}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: 100\r\n\r\nmessage=hi"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(head)
+        writer.write_eof()
+        async with asyncio.timeout(10):
+            await reader.read()
+    finally:
+        writer.close()
+    await asyncio.sleep(0.1)
+    assert _tracebacks(caplog) == []
+    assert [e for e in await history(client, server) if e["type"] == "message"] == []
+
+
+@pytest.mark.parametrize("path", ["/longpolling/room/messages", "/refresh/room"])
+async def test_a_body_over_the_limit_is_413_with_a_reason(
+    server: Server, client: aiohttp.ClientSession, path: str
+) -> None:
+    page = await login(client, server, "alice", demo="refresh")
+    async with client.post(
+        f"{server.url}{path}",
+        params={"room": "lobby"},
+        data={"message": "x" * 20_000, "csrf": page.csrf},
+    ) as response:
+        assert response.status == 413
+        if path == "/refresh/room":
+            # the room page, saying why
+            assert "too large" in await response.text()
+        else:
+            refusal = await response.json()
+            assert refusal["error"] == "too_large"
+            assert "16384" in refusal["reason"]
+
+
+# Two inputs that make a 500 and a traceback inside aiohttp, before the edge runs or
+# outside it; their fix belongs in app.py (the composition root). Strict: once fixed,
+# these pass and the xfail mark must go (and OPEN_BUGS in test_fuzz_routes.py with it).
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="aiohttp's static handler lets OSError ENAMETOOLONG escape: 500 and a traceback",
+)
+async def test_a_static_file_name_too_long_for_the_file_system_is_404(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    status, _ = await raw_request(
+        server,
+        b"GET /static/" + b"a" * 300 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    assert status == 404
+    assert _tracebacks(caplog) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="aiohttp's default Expect handler puts the header (a lone surrogate from a "
+    "non-UTF-8 byte) in its 417 text and cannot encode it: 500 and a traceback",
+)
+async def test_an_expect_header_that_is_not_utf8_is_417(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    status, _ = await raw_request(
+        server, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: \xff\r\nConnection: close\r\n\r\n"
+    )
+    assert status == 417
+    assert _tracebacks(caplog) == []
+
+
+@pytest.mark.parametrize("read", [True, False], ids=["read", "unread"])
+async def test_a_body_not_in_its_content_encoding_is_400_and_logs_no_traceback(
+    server: Server,
+    client: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+    read: bool,
+) -> None:
+    # `Content-Encoding: gzip` on a body that is not gzip: read by the edge (a say), or
+    # left unread (no such route) and drained by aiohttp after the answer
+    caplog.set_level(logging.INFO)
+    page = await login(client, server, "alice", demo="longpolling")
+    path = "/longpolling/room/messages" if read else "//longpolling/room/messages"
+    body = b"message=hi&csrf=" + page.csrf.encode()
+    head = (
+        f"POST {path}?room=lobby HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{server.port}\r\nCookie: {COOKIE}={cookie_of(client, server)}\r\n"
+        f"Content-Type: application/x-www-form-urlencoded\r\nContent-Encoding: gzip\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    status, answer = await raw_request(server, head, body)
+    assert status == (400 if read else 404)
+    if read:
+        assert b"bad_body" in answer
+    await asyncio.sleep(0.05)
+    assert _tracebacks(caplog) == []
+    assert [e for e in await history(client, server) if e["type"] == "message"] == []
