@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import jinja2
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 from prometheus_client import CollectorRegistry
 
 from chatroom.broker import Backend, Broker, open_backend
@@ -52,6 +53,11 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
                 ticket.release()
     except web.HTTPException:
         raise
+    except OSError as exc:
+        if isinstance(request.match_info.route.resource, web.StaticResource):
+            # a name the file system cannot take (too long, say) names no file of ours
+            raise web.HTTPNotFound() from exc
+        raise
     except Exception as exc:
         refused = answer(exc)
         if refused is None:
@@ -81,6 +87,17 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
     if request.app[chat_key].settings.secure_cookies:
         headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+
+
+async def _expect(request: web.Request) -> None:
+    """The answer to an Expect header, before the handler: 100 Continue to
+    `100-continue` (HTTP/1.1), else 417. aiohttp's own puts the header's value in its
+    answer, and one that is not text made a 500."""
+    if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text="the only Expect understood is 100-continue")
+    if request.version == HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
 
 
 def create_app(settings: Settings, backend: Backend | None = None) -> web.Application:
@@ -161,13 +178,13 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
 
     app.cleanup_ctx.append(lifespan)
     app.on_shutdown.append(on_shutdown)
-    app.add_routes(pages.routes)
-    app.add_routes(longpoll.routes)
-    app.add_routes(websocket.routes)
-    app.add_routes(sse.routes)
-    app.add_routes(api.routes)
+    for table in (pages.routes, longpoll.routes, websocket.routes, sse.routes, api.routes):
+        for route in table:
+            if isinstance(route, web.RouteDef):
+                route.kwargs.setdefault("expect_handler", _expect)
+        app.add_routes(table)
     static = app.router.add_static(
-        "/static", _WEB / "static", append_version=True, name="static"
+        "/static", _WEB / "static", append_version=True, name="static", expect_handler=_expect
     )
     templates.globals["static"] = lambda name: str(static.url_for(filename=name))
     return app

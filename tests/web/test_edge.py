@@ -413,15 +413,10 @@ async def test_a_body_over_the_limit_is_413_with_a_reason(
             assert "16384" in refusal["reason"]
 
 
-# Two inputs that make a 500 and a traceback inside aiohttp, before the edge runs or
-# outside it; their fix belongs in app.py (the composition root). Strict: once fixed,
-# these pass and the xfail mark must go (and OPEN_BUGS in test_fuzz_routes.py with it).
+# Two inputs that made a 500 and a traceback inside aiohttp, before the edge runs or
+# outside it (fixed in app.py).
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp's static handler lets OSError ENAMETOOLONG escape: 500 and a traceback",
-)
 async def test_a_static_file_name_too_long_for_the_file_system_is_404(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -433,11 +428,6 @@ async def test_a_static_file_name_too_long_for_the_file_system_is_404(
     assert _tracebacks(caplog) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp's default Expect handler puts the header (a lone surrogate from a "
-    "non-UTF-8 byte) in its 417 text and cannot encode it: 500 and a traceback",
-)
 async def test_an_expect_header_that_is_not_utf8_is_417(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:

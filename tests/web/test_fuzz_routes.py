@@ -781,10 +781,7 @@ def plans(draw: st.DrawFn, method: str, route: str) -> Plan:
 # a strict xfail regression test in tests/web/test_edge.py. While they are open, the
 # fuzz does not send them (so that it keeps finding the others); when one is fixed,
 # its xfail passes, fails the run, and its entry here goes too.
-OPEN_BUGS = {
-    "static-name-too-long": "test_a_static_file_name_too_long_for_the_file_system_is_404",
-    "expect-not-utf8": "test_an_expect_header_that_is_not_utf8_is_417",
-}
+OPEN_BUGS: dict[str, str] = {}
 
 
 def avoid_open_bugs(plan: Plan) -> Plan:

@@ -43,7 +43,10 @@ async def test_claiming_nicknames_is_rate_limited_per_address(tmp_path: Path) ->
         statuses = []
         for i in range(5):
             async with new_client() as fresh:
-                statuses.append((await demo(fresh, server, f"user{i}")).status)
+                response = await demo(fresh, server, f"user{i}")
+                statuses.append(response.status)
+                if response.status == 429:
+                    assert int(response.headers["Retry-After"]) >= 1
         assert statuses == [302, 302, 302, 429, 429]
         # another address (through a trusted proxy's word) is not held back
     async with serving(

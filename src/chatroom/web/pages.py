@@ -6,6 +6,7 @@ its host, origin, CSRF token, session and room are checked, and its form parsed.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 from urllib.parse import urlencode
 
@@ -67,6 +68,12 @@ async def _welcome(
     )
 
 
+def _with_retry_after(response: web.Response, refused: Refused) -> web.Response:
+    if refused.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(refused.retry_after)))
+    return response
+
+
 def _to_welcome(room: str, technique: str, code: str) -> web.HTTPSeeOther:
     query = urlencode({"room": room, "demo": technique, "error": code})
     return web.HTTPSeeOther(f"/?{query}")
@@ -117,14 +124,17 @@ async def demo(request: web.Request) -> web.StreamResponse:
         return await _welcome(chat, 400, exc.reason, **form)
     wait = chat.limits.demo.check(edge.address)
     if wait > 0:
-        return await _welcome(
-            chat, 429, f"too many nicknames claimed from your address: wait {wait:.0f} s",
-            **form,
+        refused = Refused(
+            429, "rate_limited",
+            f"too many nicknames claimed from your address: wait {math.ceil(wait)} s",
+            retry_after=wait,
         )
+        return _with_retry_after(await _welcome(chat, 429, refused.reason, **form), refused)
     try:
         await enter_room(chat, room, edge.address)
     except Refused as refused:
-        return await _welcome(chat, refused.status, refused.reason, **form)
+        page = await _welcome(chat, refused.status, refused.reason, **form)
+        return _with_retry_after(page, refused)
     current = edge.session
     session = current if current and current.user == user else chat.signer.new_session(user)
     try:
@@ -230,15 +240,16 @@ async def render_refusal(request: web.Request, refused: Refused, render: str) ->
         raise _to_welcome(room, technique, goes_to_welcome[refused.code])
     if render == "room" and edge is not None and edge.session is not None:
         edge.room = edge.room or room
-        return await _room_page(
+        return _with_retry_after(await _room_page(
             request,
             technique,
             status=refused.status,
             error=refused.reason,
             draft=_form_value(edge.form.get("message"), "", chat.settings.max_body),
             enter=False,
-        )
-    return await _welcome(chat, refused.status, refused.reason, room=room, demo=technique)
+        ), refused)
+    page = await _welcome(chat, refused.status, refused.reason, room=room, demo=technique)
+    return _with_retry_after(page, refused)
 
 
 def _leave_route(technique: str) -> None:

@@ -9,6 +9,7 @@ given back then).
 
 from __future__ import annotations
 
+import math
 import uuid
 
 from chatroom.broker import Draft, Stored
@@ -33,7 +34,8 @@ async def enter_room(chat: Chat, room: str, address: str) -> None:
     if wait > 0:
         raise Refused(
             429, "rate_limited",
-            f"too many new rooms from your address: wait {wait:.0f} s, or join a room in use",
+            f"too many new rooms from your address: wait {math.ceil(wait)} s, or join a "
+            "room in use",
             retry_after=wait,
         )
 
@@ -53,6 +55,8 @@ def take_turn(chat: Chat, session: Session, address: str) -> None:
         if wait > 0:
             limits.say_session.refund(session.sid)
     if wait > 0:
+        # never "wait 0.0 s": a token a few milliseconds away is still a wait
+        wait = max(wait, 0.1)
         raise Refused(
             429, "rate_limited", f"too many messages: wait {wait:.1f} s and send again",
             retry_after=wait,
