@@ -3,12 +3,19 @@
 One stream per room (`chatroom:{room}:stream`); entry ids are `<offset>-0`, so the
 stream id is the event's offset. Appending is one Lua script: idempotency check,
 offset increment, XADD with an approximate MAXLEN, all atomic per room. The epoch
-lives in the room's meta hash: if Redis loses the stream (restart without
-persistence), a new epoch is drawn and old cursors get a reset.
+lives in the room's meta hash: if Redis loses it (a restart without persistence,
+FLUSHDB, DEL, eviction under an allkeys-* policy), the next append starts the stream
+afresh under a new epoch, and old cursors get a reset.
 
 Each process reads the streams of the rooms it has subscribers in with ONE blocking
 XREAD on one connection, and hands what it reads to the broker's listener, its own
 appends included: every node delivers in stream order.
+
+A stream started afresh has ids below those of the stream it replaces, so a reader
+past them would wait for ever. The append script that starts one also notes it in
+`chatroom:fresh-streams` (room, epoch), which the same XREAD reads: a reader whose
+position in a room is in an older epoch reads the new stream from its start, and the
+broker's subscribers get the new epoch's events, which they answer with a reset.
 
 Presence is kept in Redis with expiries taken from Redis's own clock (TIME), so
 nodes with skewed clocks agree; scripts make join and leave transitions atomic, so
@@ -48,29 +55,44 @@ SAID_TTL = 24 * 3600
 BLOCK_MS = 2000
 # Most entries one XREAD hands back.
 READ_COUNT = 1000
+# Notes of streams started afresh kept (approximately) for readers to see.
+FRESH_KEEP = 10_000
 
 _APPEND = """
--- KEYS: meta, stream, said (or ''), rooms set, activity zset
+-- KEYS: meta, stream, said (or ''), rooms set, activity zset, fresh-streams stream
 -- ARGV: room, data tail (the event JSON after its id), retention, fresh epoch, said ttl,
---       the event's timestamp
-if KEYS[3] ~= '' then
+--       the event's timestamp, fresh-streams length kept
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch and KEYS[3] ~= '' then
+  -- the mark is the stored event's id, '<epoch>-<offset>' (a bare offset if an older
+  -- version made it); one that outlived the stream it was made in names nothing now
   local prev = redis.call('GET', KEYS[3])
   if prev then
-    local found = redis.call('XRANGE', KEYS[2], prev .. '-0', prev .. '-0')
-    if #found > 0 then return {1, found[1][2][2]} end
+    local offset = prev
+    local dash = string.find(prev, '-', 1, true)
+    if dash then
+      offset = nil
+      if string.sub(prev, 1, dash - 1) == epoch then offset = string.sub(prev, dash + 1) end
+    end
+    if offset then
+      local found = redis.call('XRANGE', KEYS[2], offset .. '-0', offset .. '-0')
+      if #found > 0 then return {1, found[1][2][2]} end
+    end
   end
 end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   -- a stream started afresh: never continue an old one's offsets under a new epoch
   epoch = ARGV[4]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'head', 0)
+  -- readers past the old stream's ids would never see the new one's: tell them, in the
+  -- stream their XREAD reads too (ids from Redis's clock, above those seen before)
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*', 'r', ARGV[1], 'e', epoch)
 end
 local head = redis.call('HINCRBY', KEYS[1], 'head', 1)
 local data = '{"id":"' .. epoch .. '-' .. head .. '",' .. ARGV[2]
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], head .. '-0', 'd', data)
-if KEYS[3] ~= '' then redis.call('SET', KEYS[3], head, 'EX', ARGV[5]) end
+if KEYS[3] ~= '' then redis.call('SET', KEYS[3], epoch .. '-' .. head, 'EX', ARGV[5]) end
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('ZADD', KEYS[5], 'GT', ARGV[6], ARGV[1])
 return {0, data}
@@ -268,6 +290,8 @@ class _Keys:
         # set once the rooms of a version without `activity` were entered in it
         self.activity_filled = f"{prefix}activity-filled"
         self.presence_rooms = f"{prefix}presence-rooms"
+        # (room, epoch) of each stream started afresh, for every reader's XREAD
+        self.fresh = f"{prefix}fresh-streams"
 
     def base(self, room: str) -> str:
         return f"{self.prefix}{{{room}}}:"
@@ -414,14 +438,20 @@ class RedisBackend:
         self._read = self._redis.register_script(_READ)
         self.presence: Presence = RedisPresence(self._redis, self._keys)
         self._listener: Listener | None = None
-        # rooms this process watches -> the stream id read up to
+        # rooms this process watches -> the stream id read up to (once in the XREAD)
         self._watched: dict[str, str] = {}
-        # lowest head seen by a read since a room was watched, not yet handed to XREAD
-        self._start: dict[str, int] = {}
+        # per watched room not yet in the XREAD, what the reads since it was watched saw:
+        # (epoch, lowest head); ("", 0) when they saw no stream, or streams of two epochs
+        self._start: dict[str, tuple[str, int]] = {}
+        # per room in the XREAD whose id is past "0-0": the epoch of the stream it is in
+        # (at "0-0" a room is read from the start of whatever stream it has)
         self._epochs: dict[str, str] = {}
+        # rooms in the XREAD
         self._active: set[str] = set()
         # reads in flight of rooms not yet in the XREAD
         self._inflight: Counter[str] = Counter()
+        # the id read up to in the fresh-streams stream; None until first taken
+        self._fresh_at: str | None = None
         self._changed = asyncio.Event()
         self._reader_id: int | None = None
         self._unblocking: set[asyncio.Future[None]] = set()
@@ -469,8 +499,9 @@ class RedisBackend:
             if draft.session and draft.client_id
             else ""
         )
-        keys = [k.meta(room), k.stream(room), said, k.rooms, k.activity]
-        return keys, [room, tail, self._retention, new_epoch(), SAID_TTL, draft.timestamp]
+        keys = [k.meta(room), k.stream(room), said, k.rooms, k.activity, k.fresh]
+        args = [room, tail, self._retention, new_epoch(), SAID_TTL, draft.timestamp, FRESH_KEEP]
+        return keys, args
 
     async def append(self, room: str, draft: Draft) -> Stored:
         keys, args = self._append_call(room, draft)
@@ -531,9 +562,13 @@ class RedisBackend:
                     del self._inflight[room]
                     self._wake_reader()
         if track and room in self._watched:
-            self._start[room] = min(self._start.get(room, head), head)
-            if epoch:
-                self._epochs.setdefault(room, epoch)
+            seen = self._start.get(room)
+            if seen is None or (seen[0] == epoch and head < seen[1]):
+                self._start[room] = (epoch, head)
+            elif seen[0] != epoch:
+                # reads on both sides of a fresh start: the XREAD reads the stream the
+                # room has then from its start
+                self._start[room] = ("", 0)
         if not epoch or not oldest:
             return Page([], cursor is not None, None, None)
         return Page(events, reset, Position(epoch, oldest), Position(epoch, head))
@@ -607,49 +642,79 @@ class RedisBackend:
             await self._redis.client_unblock(client_id)
 
     async def _refresh_starts(self) -> None:
-        """Give each newly watched room the stream id its XREAD starts after.
+        """Put each newly watched room in the XREAD, at the stream id it starts after.
 
-        That is the lowest head any read of the room saw before it joined the XREAD,
-        so nothing a subscriber did not read is skipped. A room with a read still in
-        flight waits for it; a room nobody has read yet starts at the current head.
+        That is the lowest head any read of the room saw before it joined the XREAD, so
+        nothing a subscriber did not read is skipped; a room nobody has read yet starts
+        at the current head. A room with a read still in flight waits for it. The reads'
+        epoch is checked against the room's epoch now: a stream started afresh since
+        they saw it (or gone) is read from its start. Streams started afresh after that
+        check reach the reader as notes in the fresh-streams stream, which the XREAD
+        reads on after an id taken before the check.
         """
         k = self._keys
         self._active &= set(self._watched)
-        for room in list(self._watched):
-            if room in self._active or self._inflight.get(room):
-                continue
-            if room not in self._start:
-                meta = await self._redis.hmget(k.meta(room), ["epoch", "head"])
-                if room not in self._watched or self._inflight.get(room) or room in self._start:
-                    continue  # a read began meanwhile: decide on the next pass
-                self._start[room] = int(meta[1] or 0)
-                if meta[0]:
-                    self._epochs.setdefault(room, _text(meta[0]))
-            self._watched[room] = f"{self._start.pop(room)}-0"
+        pending = [
+            room for room in self._watched
+            if room not in self._active and not self._inflight.get(room)
+        ]
+        if not pending:
+            return
+        seen = {room: self._start.get(room) for room in pending}
+        # With no room in the XREAD, no note read so far matters: start from the newest.
+        sync = self._fresh_at is None or not self._active
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if sync:
+                pipe.xrevrange(k.fresh, count=1)
+            for room in pending:
+                pipe.hmget(k.meta(room), ["epoch", "head"])
+            answers: list[Any] = await pipe.execute()
+        if sync:
+            newest = answers.pop(0)
+            self._fresh_at = _text(newest[0][0]) if newest else "0-0"
+        for room, (raw_epoch, raw_head) in zip(pending, answers, strict=True):
+            if (
+                room not in self._watched
+                or room in self._active
+                or self._inflight.get(room)
+                or self._start.get(room) != seen[room]
+            ):
+                continue  # a read began or ended meanwhile: decide on the next pass
+            epoch = "" if raw_epoch is None else _text(raw_epoch)
+            mark = self._start.pop(room, None)
+            if mark is None:
+                at = int(raw_head or 0)
+            elif mark[0] == epoch:
+                at = mark[1]
+            else:
+                at = 0
+            self._watched[room] = f"{at}-0"
+            if at:
+                self._epochs[room] = epoch
+            else:
+                self._epochs.pop(room, None)
             self._active.add(room)
 
-    async def _check_epochs(self) -> None:
-        """After Redis came back: a room whose stream started afresh is read from its start.
-
-        So is a room whose stream is gone (a Redis without persistence restarted): the
-        next append starts it afresh at offset 1, below the id read up to before.
+    async def _resync(self) -> None:
+        """After Redis came back: take the fresh-streams id anew (a restarted Redis has a
+        stream of its own, whose ids may be below those read before), and read from its
+        start each room in the XREAD whose stream was started afresh meanwhile, or is
+        gone (the next append starts it afresh at offset 1, below the id read up to).
+        Rooms not in the XREAD yet are checked as they join it.
         """
         k = self._keys
-        for room in list(self._watched):
-            if room not in self._active and room not in self._start:
-                continue  # its start is not decided yet: _refresh_starts reads it afresh
-            raw = await self._redis.hget(k.meta(room), "epoch")
-            epoch = None if raw is None else _text(raw)
-            if room not in self._watched or epoch == self._epochs.get(room):
-                continue
-            if epoch is None:
-                self._epochs.pop(room, None)
-            else:
-                self._epochs[room] = epoch
-            if room in self._active:
+        rooms = [room for room in self._active if room in self._epochs]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xrevrange(k.fresh, count=1)
+            for room in rooms:
+                pipe.hget(k.meta(room), "epoch")
+            newest, *epochs = await pipe.execute()
+        self._fresh_at = _text(newest[0][0]) if newest else "0-0"
+        for room, raw in zip(rooms, epochs, strict=True):
+            held = self._epochs.get(room)
+            if room in self._active and held is not None and (raw is None or _text(raw) != held):
                 self._watched[room] = "0-0"
-            else:
-                self._start[room] = 0
+                del self._epochs[room]
 
     async def _read_loop(self) -> None:
         delay = 0.1
@@ -657,7 +722,7 @@ class RedisBackend:
             try:
                 if self._down:
                     await self._redis.ping()
-                    await self._check_epochs()
+                    await self._resync()
                     log.warning("redis %s is reachable again: resuming reads", self.name)
                     self._down = False
                     delay = 0.1
@@ -669,13 +734,13 @@ class RedisBackend:
                     continue
                 if self._reader_id is None:
                     self._reader_id = int(await self._reader.client_id())
-                streams: dict[Any, Any] = {
-                    self._keys.stream(r): self._watched[r] for r in self._active
-                }
+                asked = {room: self._watched[room] for room in self._active}
+                streams: dict[Any, Any] = {self._keys.stream(r): at for r, at in asked.items()}
+                streams[self._keys.fresh] = self._fresh_at or "0-0"
                 if self._changed.is_set():
                     continue
                 reply = await self._reader.xread(streams, count=READ_COUNT, block=BLOCK_MS)
-                self._dispatch(reply)
+                self._dispatch(reply, asked)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -688,23 +753,54 @@ class RedisBackend:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _dispatch(self, reply: Any) -> None:
+    def _dispatch(self, reply: Any, asked: dict[str, str]) -> None:
+        """Hand what one XREAD read to the listener. `asked`: the id it read each room
+        after; a room whose id changed since (unwatched, watched again, or moved to the
+        start of a new stream below) takes nothing from this reply: it reads again."""
         if not reply:
             return
         items = reply.items() if isinstance(reply, dict) else reply
+        fresh = self._keys.fresh
         prefix_len = len(self._keys.prefix) + 1
+        read: list[tuple[str, Any]] = []
         for key, entries in items:
             if not entries:
                 continue
             name = _text(key)
-            room = name[prefix_len : name.rindex("}:")]
-            if room not in self._watched:
+            if name != fresh:
+                read.append((name[prefix_len : name.rindex("}:")], entries))
+                continue
+            self._fresh_at = _text(entries[-1][0])
+            # one XREAD sees a fresh start's note and its first entries together: the
+            # notes first, so that no room takes entries of a stream it is not at the
+            # start of
+            newest = {_text(fields[b"r"]): _text(fields[b"e"]) for _, fields in entries}
+            for room, epoch in newest.items():
+                held = self._epochs.get(room)
+                if (
+                    held is not None
+                    and held != epoch
+                    and room in self._active
+                    and self._watched[room] == asked.get(room)
+                ):
+                    # its id is in a stream since replaced: read the new one from its start
+                    self._watched[room] = "0-0"
+                    del self._epochs[room]
+        for room, entries in read:
+            if room not in self._active or self._watched[room] != asked.get(room):
                 continue
             events = [Event.decode(bytes(fields[b"d"])) for _, fields in entries]
+            held = self._epochs.get(room)
+            if held is not None and (
+                events[0].position.epoch != held or events[-1].position.epoch != held
+            ):
+                # A stream started afresh grew past this room's id without its note
+                # being read (a note lost with the fresh-streams stream): its start
+                # is missing here, so read it from there.
+                self._watched[room] = "0-0"
+                del self._epochs[room]
+                continue
             self._watched[room] = _text(entries[-1][0])
-            if events and self._epochs.get(room) != events[-1].position.epoch:
-                self._epochs[room] = events[-1].position.epoch
+            self._epochs[room] = events[-1].position.epoch
             if self._listener is not None:
                 self._listener(room, events)
-
-
