@@ -12,6 +12,7 @@ from tests.support.http import (
     press_leave,
     publish,
     say_lp,
+    thread_items,
     thread_messages,
 )
 from tests.support.server import (
@@ -30,6 +31,7 @@ from tests.support.sse import (
     SSEStream,
 )
 from tests.support.websocket import (
+    HasPort,
     RawWebSocket,
     client_frame,
     frame_header,
@@ -42,6 +44,7 @@ __all__ = [
     "PRESENT_FOR",
     "SECRET",
     "UNLIMITED",
+    "HasPort",
     "HasUrl",
     "Login",
     "RawWebSocket",
@@ -65,6 +68,7 @@ __all__ = [
     "say_lp",
     "serving",
     "start_server",
+    "thread_items",
     "thread_messages",
     "ws_json",
     "ws_until",
