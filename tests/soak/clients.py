@@ -388,6 +388,7 @@ class Client:
             outcome = await self.send_say(said)
             if outcome.kind == "ok":
                 said.accepted = True
+                said.answered_at = time.monotonic()
                 said.event_id = outcome.event_id
                 return
             if outcome.kind == "refused":
@@ -782,10 +783,11 @@ class RefreshClient(Client):
         super().begin(page)
         self.record(page)
 
-    def record(self, page: str) -> None:
+    def record(self, page: str) -> list[tuple[str, str, str, str]]:
+        """Keep a page in the ledger; its thread's items."""
         last = _LAST.search(page)
         if last is None:
-            return
+            return []
         items = thread_items(page)
         self.ledger.pages.append(
             Page(
@@ -796,23 +798,28 @@ class RefreshClient(Client):
                  for _, kind, user, text in items],
             )
         )
+        return items
 
     async def view_page(self) -> None:
+        await self.reload()
+
+    async def reload(self) -> list[tuple[str, str, str, str]]:
+        """Load the page as the browser does; its thread's items."""
         try:
             status, body = await self.request(
                 "GET", "/refresh/room", params={"room": self.room}
             )
         except NET_ERRORS:
             self.failover()
-            return
+            return []
         page = body.decode(errors="replace")
-        if status == 200:
-            found = _CSRF.search(page)
-            if found:
-                self.csrf = found.group(1)
-            self.record(page)
-        else:
+        if status != 200:
             self.unexpected("refresh page", status, page)
+            return []
+        found = _CSRF.search(page)
+        if found:
+            self.csrf = found.group(1)
+        return self.record(page)
 
     async def talk(self) -> None:
         # Active Refresh reloads on its own: a reader of pages between says
@@ -842,9 +849,11 @@ class RefreshClient(Client):
             self.failover()
             return Outcome("retry")
         if status == 303:
-            # the form's answer names no id: history is matched by client_id
-            await self.view_page()
-            return Outcome("ok")
+            # The form's answer names no id: the page it leads to shows it (history is
+            # matched by client_id if the page has moved past it).
+            items = await self.reload()
+            shown = [i for i, _, user, text in items if user == self.name and text == said.text]
+            return Outcome("ok", shown[-1] if shown else None)
         page = body.decode(errors="replace")
         if status == 429:
             self.ctx.stats["answered 429"] += 1

@@ -11,14 +11,23 @@ pages it loaded instead: each is a window of the room's last events.
 server after the run) and counts, per violation kind:
 
 - lost: an accepted message missing from history; an event of a client's stint it
-  never received (a hole, or the tail it did not reach before the end);
+  never received (a hole, or the tail it did not reach before the end); a hole in
+  history itself;
 - duplicates: a message stored twice (one client_id, two events); an event a client
   received twice without a reset between;
 - disorder: an event received after one with a greater id;
 - mismatched: an event received whose content differs from history's, or an answer
   naming an id that history holds for another message;
 - phantoms: an event received that history does not hold;
-- unexpected resets: a reset told to a client when the run expects none.
+- unexpected resets: a reset told to a client when the run expects none;
+- unannounced: events of a new stream (another epoch) received with no reset first.
+
+Event ids are "<epoch>-<offset>", offsets growing by one per event of a room's stream
+(the soak keeps every event: its retention is above what a run stores), so the checks
+work on positions. When a run loses streams on purpose (a Redis without persistence,
+restarted), history holds only the last stream: events and messages of the streams
+lost before cannot be matched, and are counted apart (`lost_with_stream`), never as
+lost, provided each client was told reset before anything of the new stream.
 
 Every text a soak client says starts with its client_id, so history (which does not
 carry client_ids) can be matched to what was said.
@@ -30,6 +39,8 @@ from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from chatroom.core.events import Position, parse_cursor
 
 __all__ = [
     "ClientLedger",
@@ -57,6 +68,13 @@ def marker(text: str | None) -> str | None:
     return head or None
 
 
+def _position(event_id: str) -> Position:
+    position = parse_cursor(event_id)
+    if position is None:
+        raise ValueError(f"not an event id: {event_id!r}")
+    return position
+
+
 @dataclass
 class Said:
     """One message a client said, and how it was answered."""
@@ -69,6 +87,8 @@ class Said:
     event_id: str | None = None
     # the server answered success: the message must be in history, once
     accepted: bool = False
+    # when the success came (monotonic seconds): a stream lost after it took it along
+    answered_at: float | None = None
     # times sent (a retry re-sends the same client_id)
     attempts: int = 0
     # the server refused it for good (reason), e.g. 410 after a Leave
@@ -81,13 +101,14 @@ class Stint:
 
     `start` is the id the room page named as its last (None: the room was empty).
     Events are kept compactly: their ids, and a digest of their content. A reset is an
-    entry with id None; its digest slot holds nothing.
+    entry with id None; `resets` keeps the oldest id it named, by entry.
     """
 
     room: str
     start: str | None
     ids: list[str | None] = field(default_factory=list)
     digests: array[int] = field(default_factory=lambda: array("q"))
+    resets: dict[int, str | None] = field(default_factory=dict)
     # the id the client was asked to reach before it stopped (the room's head once all
     # says were answered); None if the stint ended before (a Leave)
     target: str | None = None
@@ -95,6 +116,8 @@ class Stint:
     def receive(self, event: Mapping[str, Any]) -> None:
         """Record one frame: an event, or a reset marker."""
         if event.get("type") == "reset":
+            oldest = event.get("id")
+            self.resets[len(self.ids)] = None if oldest is None else str(oldest)
             self.ids.append(None)
             self.digests.append(0)
             return
@@ -142,6 +165,9 @@ class History:
     index: dict[str, int] = field(init=False)
     # (user, client_id its text starts with) -> places of those messages
     said: dict[tuple[str, str], list[int]] = field(init=False)
+    # the epoch of its stream (of its last event), and the offset of its first event
+    epoch: str | None = field(init=False)
+    first: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.index = {event_id: i for i, event_id in enumerate(self.ids)}
@@ -150,6 +176,9 @@ class History:
             cid = marker(text)
             if cid is not None:
                 self.said.setdefault((user, cid), []).append(i)
+        last = _position(self.ids[-1]) if self.ids else None
+        self.epoch = last.epoch if last else None
+        self.first = _position(self.ids[0]).offset if self.ids else 1
 
     @classmethod
     def of(cls, room: str, events: Iterable[Mapping[str, Any]]) -> History:
@@ -164,9 +193,9 @@ class History:
             texts.append(e.get("text"))
         return cls(room, ids, digests, users, texts)
 
-    @property
-    def head(self) -> str | None:
-        return self.ids[-1] if self.ids else None
+    def at(self, position: Position) -> int | None:
+        """The place in history of the event at `position`, if history holds it."""
+        return self.index.get(str(position))
 
 
 @dataclass
@@ -185,6 +214,10 @@ class Findings:
     phantoms: int = 0
     resets: int = 0
     unexpected_resets: int = 0
+    unannounced: int = 0
+    # accepted messages, and events received, of streams lost on purpose (not violations)
+    lost_with_stream: int = 0
+    unverifiable: int = 0
     # what went wrong, a few examples per kind, for the report
     examples: dict[str, list[str]] = field(default_factory=dict)
 
@@ -197,7 +230,7 @@ class Findings:
     def violations(self) -> int:
         return (
             self.lost + self.duplicates + self.disorder + self.mismatched + self.phantoms
-            + self.unexpected_resets + self.unanswered
+            + self.unexpected_resets + self.unannounced + self.unanswered
         )
 
 
@@ -205,33 +238,53 @@ def check(
     ledgers: Sequence[ClientLedger],
     histories: Mapping[str, History],
     *,
-    resets_expected: bool = False,
+    streams_lost: Sequence[float] = (),
 ) -> Findings:
-    """Every accepted message in history once; every stint and page true to history."""
+    """Every accepted message in history once; every stint and page true to history.
+
+    `streams_lost`: when (monotonic seconds) the run lost every stream on purpose (the
+    time its server answered again: an answer that came before may be of a message
+    stored before the loss). Without any, a reset is a violation; with some, resets are
+    expected, and what was accepted or received before the last may miss from history.
+    """
     found = Findings()
-    _check_history(histories, found)
+    for history in histories.values():
+        _check_history(history, found)
     for ledger in ledgers:
-        _check_said(ledger, histories, found)
+        _check_said(ledger, histories, found, max(streams_lost, default=None))
         for stint in ledger.stints:
-            _check_stint(ledger.name, stint, histories, found, resets_expected)
+            _StintCheck(ledger.name, stint, _history(histories, stint.room), found,
+                        resets_expected=bool(streams_lost)).run()
         for page in ledger.pages:
-            _check_page(ledger.name, page, histories, found)
+            _check_page(ledger.name, page, _history(histories, page.room), found)
     return found
 
 
-def _check_history(histories: Mapping[str, History], found: Findings) -> None:
-    """A message stored twice is a duplicate, whoever said it and whatever was answered."""
-    for history in histories.values():
-        for (user, cid), places in history.said.items():
-            if len(places) > 1:
-                found.duplicates += len(places) - 1
-                found.note(
-                    "duplicates", f"{history.room}: {user}'s {cid} stored {len(places)} times"
-                )
+def _history(histories: Mapping[str, History], room: str) -> History:
+    return histories.get(room) or History.of(room, [])
+
+
+def _check_history(history: History, found: Findings) -> None:
+    """History itself: one stream, offsets one by one, no message stored twice."""
+    for i, event_id in enumerate(history.ids):
+        position = _position(event_id)
+        if position.epoch != history.epoch:
+            found.phantoms += 1
+            found.note("phantoms", f"{history.room}: history mixes streams at {event_id}")
+        elif position.offset != history.first + i:
+            found.lost += 1
+            found.note("lost", f"{history.room}: history has a hole before {event_id}")
+    for (user, cid), places in history.said.items():
+        if len(places) > 1:
+            found.duplicates += len(places) - 1
+            found.note("duplicates", f"{history.room}: {user}'s {cid} stored {len(places)} times")
 
 
 def _check_said(
-    ledger: ClientLedger, histories: Mapping[str, History], found: Findings
+    ledger: ClientLedger,
+    histories: Mapping[str, History],
+    found: Findings,
+    last_loss: float | None,
 ) -> None:
     for said in ledger.said.values():
         found.said += 1
@@ -243,9 +296,16 @@ def _check_said(
             found.note("unanswered", f"{ledger.name}'s {said.client_id} never answered")
             continue
         found.accepted += 1
-        history = histories.get(said.room)
-        places = [] if history is None else history.said.get((ledger.name, said.client_id), [])
-        if history is None or not places:
+        history = _history(histories, said.room)
+        places = history.said.get((ledger.name, said.client_id), [])
+        if not places:
+            if (
+                last_loss is not None
+                and said.answered_at is not None
+                and said.answered_at < last_loss
+            ):
+                found.lost_with_stream += 1
+                continue
             found.lost += 1
             found.note("lost", f"{said.room}: {ledger.name}'s {said.client_id} not in history")
             continue
@@ -263,105 +323,154 @@ def _check_said(
             )
 
 
-def _check_stint(
-    name: str,
-    stint: Stint,
-    histories: Mapping[str, History],
-    found: Findings,
-    resets_expected: bool,
-) -> None:
-    history = histories.get(stint.room)
-    if history is None:
-        history = History.of(stint.room, [])
-    where = f"{name} in {stint.room}"
-    # index in history of the next event due; None right after a reset (anything
-    # retained may come next)
-    due: int | None
-    if stint.start is None:
-        due = 0
-    elif stint.start in history.index:
-        due = history.index[stint.start] + 1
-    else:
-        found.phantoms += 1
-        found.note("phantoms", f"{where}: its page named {stint.start}, not in history")
-        due = None
-    seen: set[int] = set()
-    top = -1  # greatest history index received since the last reset
-    for event_id, fingerprint in zip(stint.ids, stint.digests, strict=True):
-        if event_id is None:
-            found.resets += 1
-            if not resets_expected:
-                found.unexpected_resets += 1
-                found.note("unexpected_resets", f"{where}: told reset after {top}")
-            seen.clear()
-            due = None
-            top = -1
-            continue
-        i = history.index.get(event_id)
-        if i is None:
+class _StintCheck:
+    """Walks one stint: each event must follow the one before it by exactly one offset,
+    in the same stream, unless a reset came between (then anything retained may come
+    next, starting at the oldest id the reset named)."""
+
+    def __init__(
+        self, name: str, stint: Stint, history: History, found: Findings, resets_expected: bool
+    ) -> None:
+        self.where = f"{name} in {stint.room}"
+        self.stint = stint
+        self.history = history
+        self.found = found
+        self.resets_expected = resets_expected
+        # where the next event must be: right after `previous`; None right after a reset
+        self.previous: Position | None = _position(stint.start) if stint.start else None
+        self.after_reset = False
+        # the oldest id the last reset named (None: it named none)
+        self.reset_oldest: Position | None = None
+        self.seen: set[Position] = set()
+
+    def run(self) -> None:
+        stint, found = self.stint, self.found
+        if self.previous is not None and self.previous.epoch == self.history.epoch and (
+            self.history.at(self.previous) is None
+        ):
             found.phantoms += 1
-            found.note("phantoms", f"{where}: received {event_id}, not in history")
-            continue
-        found.deliveries += 1
-        if history.digests[i] != fingerprint:
-            found.mismatched += 1
-            found.note("mismatched", f"{where}: {event_id} differs from history")
-        if i in seen:
+            found.note("phantoms", f"{self.where}: its page named {stint.start}, not in history")
+        for i, (event_id, fingerprint) in enumerate(zip(stint.ids, stint.digests, strict=True)):
+            if event_id is None:
+                self.reset(stint.resets.get(i))
+            else:
+                self.event(_position(event_id), fingerprint)
+        self.tail()
+
+    def reset(self, oldest: str | None) -> None:
+        found = self.found
+        found.resets += 1
+        if not self.resets_expected:
+            found.unexpected_resets += 1
+            found.note("unexpected_resets", f"{self.where}: told reset after {self.previous}")
+        self.after_reset = True
+        self.reset_oldest = _position(oldest) if oldest else None
+        self.seen.clear()
+
+    def event(self, position: Position, fingerprint: int) -> None:
+        found, history, where = self.found, self.history, self.where
+        place = history.at(position) if position.epoch == history.epoch else None
+        if place is None:
+            if position.epoch == history.epoch or not self.resets_expected:
+                found.phantoms += 1
+                found.note("phantoms", f"{where}: received {position}, not in history")
+                return
+            # a stream lost on purpose: what it held cannot be matched any more
+            found.unverifiable += 1
+        else:
+            found.deliveries += 1
+            if history.digests[place] != fingerprint:
+                found.mismatched += 1
+                found.note("mismatched", f"{where}: {position} differs from history")
+        if position in self.seen:
             found.duplicates += 1
-            found.note("duplicates", f"{where}: {event_id} received twice")
-            continue
-        seen.add(i)
-        if i < top:
+            found.note("duplicates", f"{where}: {position} received twice")
+            return
+        self.seen.add(position)
+        previous = self.previous
+        if self.after_reset:
+            # anything retained may come first, from the oldest the reset named
+            oldest = self.reset_oldest
+            if oldest is None:
+                expected = 1
+            elif oldest.epoch == position.epoch:
+                expected = oldest.offset
+            else:
+                # the stream changed again between the reset and this event
+                expected = position.offset
+            self._gap(position, expected)
+        elif previous is None:
+            # the room was empty when the page was made: its stream starts at 1
+            self._gap(position, 1)
+        elif position.epoch != previous.epoch:
+            found.unannounced += 1
+            found.note("unannounced", f"{where}: {position} after {previous}, no reset between")
+        elif position.offset <= previous.offset:
             found.disorder += 1
-            found.note("disorder", f"{where}: {event_id} after {history.ids[top]}")
-            continue
-        if due is None:
-            due = i
-        if i > due:
-            # a hole: the events between were never received (unless they come later,
-            # out of order, which is counted as disorder and not lost)
-            missing = [j for j in range(due, i) if j not in seen]
-            found.lost += len(missing)
-            found.note("lost", f"{where}: {len(missing)} events before {event_id} missing")
-        due = i + 1
-        top = i
-    if stint.target is not None and stint.target in history.index:
-        end = history.index[stint.target]
-        if due is not None and end >= due:
-            found.lost += end - due + 1
-            found.note(
-                "lost", f"{where}: stopped {end - due + 1} events short of {stint.target}"
-            )
+            found.note("disorder", f"{where}: {position} after {previous}")
+            return
+        else:
+            self._gap(position, previous.offset + 1)
+        self.previous = position
+        self.after_reset = False
+
+    def _gap(self, position: Position, expected: int) -> None:
+        if position.offset > expected:
+            missing = position.offset - expected
+            self.found.lost += missing
+            self.found.note("lost", f"{self.where}: {missing} events before {position} missing")
+        elif position.offset < expected:
+            self.found.disorder += 1
+            self.found.note("disorder", f"{self.where}: {position} before {expected}")
+
+    def tail(self) -> None:
+        """The stint had to read on to its target (the room's head once all was said)."""
+        target = self.stint.target
+        if target is None:
+            return
+        goal = _position(target)
+        previous = self.previous
+        if previous is None or previous.epoch != goal.epoch:
+            short = goal.offset - (self.history.first - 1)
+        else:
+            short = goal.offset - previous.offset
+        if short > 0:
+            self.found.lost += short
+            self.found.note("lost", f"{self.where}: stopped {short} events short of {target}")
 
 
-def _check_page(name: str, page: Page, histories: Mapping[str, History], found: Findings) -> None:
-    history = histories.get(page.room)
-    if history is None:
-        history = History.of(page.room, [])
+def _check_page(name: str, page: Page, history: History, found: Findings) -> None:
+    """A page shows a window of the room's last events: one stream, one by one."""
     where = f"{name}'s page of {page.room}"
     found.pages += 1
-    previous: int | None = None
+    previous: Position | None = None
     for event_id, fingerprint in zip(page.ids, page.digests, strict=True):
-        i = history.index.get(event_id)
-        if i is None:
+        position = _position(event_id)
+        place = history.at(position) if position.epoch == history.epoch else None
+        if place is None and position.epoch == history.epoch:
             found.phantoms += 1
             found.note("phantoms", f"{where}: shows {event_id}, not in history")
-            continue
-        found.deliveries += 1
-        if history.digests[i] != fingerprint:
-            found.mismatched += 1
-            found.note("mismatched", f"{where}: {event_id} differs from history")
+        elif place is None:
+            found.unverifiable += 1
+        else:
+            found.deliveries += 1
+            if history.digests[place] != fingerprint:
+                found.mismatched += 1
+                found.note("mismatched", f"{where}: {event_id} differs from history")
         if previous is not None:
-            if i == previous:
+            if position.epoch != previous.epoch:
+                found.unannounced += 1
+                found.note("unannounced", f"{where}: shows two streams")
+            elif position.offset == previous.offset:
                 found.duplicates += 1
                 found.note("duplicates", f"{where}: {event_id} shown twice")
-            elif i < previous:
+            elif position.offset < previous.offset:
                 found.disorder += 1
-                found.note("disorder", f"{where}: {event_id} after {history.ids[previous]}")
-            elif i > previous + 1:
-                found.lost += i - previous - 1
+                found.note("disorder", f"{where}: {event_id} after {previous}")
+            elif position.offset > previous.offset + 1:
+                found.lost += position.offset - previous.offset - 1
                 found.note("lost", f"{where}: a hole before {event_id}")
-        previous = i
+        previous = position
     if page.ids and page.ids[-1] != page.last_id:
         found.mismatched += 1
         found.note("mismatched", f"{where}: ends at {page.ids[-1]}, names {page.last_id} last")

@@ -54,6 +54,8 @@ FLOOD_ROOM = "soak-0"
 @dataclass
 class Config:
     backend: str = "sqlite"
+    # Redis without persistence: its restarts lose every stream (resets expected)
+    lossy: bool = False
     clients: int = 80
     rooms: int = 3
     # seconds of saying (phase 2)
@@ -159,8 +161,13 @@ class Report:
         )
         lines.append(
             f"mismatched: {f.mismatched}   phantoms: {f.phantoms}   resets told: {f.resets} "
-            f"(unexpected {f.unexpected_resets})"
+            f"(unexpected {f.unexpected_resets})   new streams without a reset: {f.unannounced}"
         )
+        if f.lost_with_stream or f.unverifiable:
+            lines.append(
+                f"taken by the streams lost on purpose: {f.lost_with_stream} accepted messages,"
+                f" {f.unverifiable} events received before (not in history to check)"
+            )
         for kind, examples in sorted(f.examples.items()):
             for example in examples:
                 lines.append(f"  {kind}: {example}")
@@ -215,6 +222,8 @@ class Report:
             "mismatched": f.mismatched,
             "phantoms": f.phantoms,
             "unexpected_resets": f.unexpected_resets,
+            "unannounced": f.unannounced,
+            "lost_with_stream": f.lost_with_stream,
             "unanswered": f.unanswered,
             "server_errors": self.server_errors,
             "client_errors": len(self.client_errors),
@@ -309,7 +318,7 @@ class Soak:
         self.workdir = workdir
         self.rng = random.Random(config.seed ^ 0x5EED)
         self.flags = soak_flags(serve_flags())
-        self.fleet = Fleet(config.backend, workdir, self.flags)
+        self.fleet = Fleet(config.backend, workdir, self.flags, lossy=config.lossy)
         self.t0 = time.monotonic()
 
     def log(self, text: str) -> None:
@@ -376,7 +385,11 @@ class Soak:
                 histories[room] = await self._retry(
                     lambda r=room: read_history(http, ctx.url(0), r)
                 )
-        findings = check([c.ledger for c in clients], histories)
+        findings = check(
+            [c.ledger for c in clients],
+            histories,
+            streams_lost=[f.restarted_at or f.at for f in fleet.faults if f.lost_streams],
+        )
         return Report(
             config={**asdict(config), "workdir": str(self.workdir)},
             clients=Counter(c.technique for c in clients),
@@ -437,6 +450,8 @@ class Soak:
     def _fault_kinds(self) -> list[str]:
         if self.config.backend == "sqlite":
             return ["node0"]
+        if self.config.lossy:
+            return ["redis", "node0", "node1"]
         return ["node0", "redis", "node1"]
 
     async def _inject(self, what: str) -> Fault:
@@ -491,6 +506,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str | None]:
     parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument("--lossy", action="store_true",
+                        help="Redis without persistence: its restart loses every stream, "
+                        "which every client must be told with a reset")
     parser.add_argument("--minutes", type=float, default=None,
                         help="long mode: minutes of saying (default: the short mode's 30 s)")
     parser.add_argument("--seconds", type=float, default=None,
@@ -519,6 +537,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str | None]:
     duration = args.minutes * 60 if long else (args.seconds or 30.0)
     config = Config(
         backend=args.backend,
+        lossy=args.lossy,
         clients=args.clients or (320 if long else 80),
         rooms=args.rooms or (6 if long else 3),
         duration=duration,

@@ -4,7 +4,9 @@ faults done to them, and their memory read from /proc.
 SQLite: one node on one database file; its fault is SIGKILL, then a restart on the same
 file and port. Redis: two nodes on one Redis that keeps an append-only file fsynced on
 every write; the faults are SIGKILL of a node (restarted on its port) and SIGKILL of
-Redis itself (restarted on its directory, so nothing it acknowledged is lost).
+Redis itself (restarted on its directory, so nothing it acknowledged is lost). The
+lossy variant runs Redis without persistence: its restart loses every stream, which
+the clients must be told (a reset).
 """
 
 from __future__ import annotations
@@ -76,10 +78,17 @@ class Sample:
 
 @dataclass
 class Fault:
+    # seconds into the run, and the monotonic clock's time, of the fault
     t: float
+    at: float
     what: str
     # seconds from the fault until the servers answered /readyz again; None: never
     back_after: float | None = None
+    # it lost every stream (a Redis without persistence restarted)
+    lost_streams: bool = False
+    # when (monotonic) the restarted server answered again: an answer that came before
+    # may be of a message stored before the fault
+    restarted_at: float | None = None
 
     @property
     def survived(self) -> bool:
@@ -100,6 +109,8 @@ class Fleet:
     backend: str  # "sqlite" or "redis"
     workdir: Path
     args: list[str]
+    # Redis without persistence: a restart loses every stream (clients must get resets)
+    lossy: bool = False
     start_time: float = field(default_factory=time.monotonic)
     cluster: Cluster | None = None
     redis: RedisServer | None = None
@@ -120,7 +131,9 @@ class Fleet:
             url = f"sqlite:///{self.workdir / 'soak.db'}"
             count = 1
         else:
-            self.redis = await asyncio.to_thread(start_redis, own=True, persistent=True)
+            self.redis = await asyncio.to_thread(
+                start_redis, own=True, persistent=not self.lossy
+            )
             url = self.redis.url(0)
             count = 2
         self.cluster = Cluster(url, self.workdir)
@@ -137,7 +150,7 @@ class Fleet:
     async def kill_node(self, slot: int, down: float) -> Fault:
         """SIGKILL one node; `down` seconds later start it again on its port."""
         assert self.cluster is not None
-        fault = Fault(self.now(), f"SIGKILL {self.backend} node {slot + 1}")
+        fault = Fault(self.now(), time.monotonic(), f"SIGKILL {self.backend} node {slot + 1}")
         self.faults.append(fault)
         await self.cluster.kill(self.nodes[slot])
         await asyncio.sleep(down)
@@ -153,11 +166,20 @@ class Fleet:
         """SIGKILL Redis; `down` seconds later start it again on its port and directory."""
         redis = self.redis
         assert redis is not None
-        fault = Fault(self.now(), "SIGKILL redis-server (appendonly, appendfsync always)")
+        fault = Fault(
+            self.now(),
+            time.monotonic(),
+            "SIGKILL redis-server ("
+            + ("no persistence: every stream lost" if self.lossy
+               else "appendonly, appendfsync always")
+            + ")",
+            lost_streams=self.lossy,
+        )
         self.faults.append(fault)
         await asyncio.to_thread(redis.kill)
         await asyncio.sleep(down)
         await asyncio.to_thread(redis.restart)
+        fault.restarted_at = time.monotonic()
         try:
             # every node must find its Redis again by itself
             await asyncio.gather(*(wait_ready(node) for node in self.nodes))

@@ -26,16 +26,20 @@ def _event(offset: int, user: str = "bob", text: str | None = None) -> dict[str,
     return event
 
 
+def _at(k: int) -> dict[str, Any]:
+    """The event at offset k of the made-up history: bob's join, then "bob.k hi"."""
+    return _event(1) if k == 1 else _event(k, text=f"bob.{k} hi")
+
+
 def _history(n: int = 10) -> dict[str, History]:
-    # offsets 1..n; event k is bob's message "bob.k hi" (1 is a join)
-    events = [_event(1)] + [_event(k, text=f"bob.{k} hi") for k in range(2, n + 1)]
-    return {"r": History.of("r", events)}
+    return {"r": History.of("r", [_at(k) for k in range(1, n + 1)])}
 
 
 def _stint(offsets: list[int | None], start: int = 1, target: int | None = None) -> Stint:
+    """A stint from `start` receiving these offsets (None: a reset naming offset 1)."""
     stint = Stint("r", f"ep-{start}", target=None if target is None else f"ep-{target}")
     for k in offsets:
-        stint.receive({"type": "reset"} if k is None else _event(k, text=f"bob.{k} hi"))
+        stint.receive({"type": "reset", "id": "ep-1"} if k is None else _at(k))
     return stint
 
 
@@ -84,12 +88,33 @@ def test_an_event_history_does_not_hold_is_a_phantom() -> None:
     assert found.phantoms == 1
 
 
-def test_a_reset_is_a_violation_unless_expected_and_resumes_from_where_it_says() -> None:
-    stints = [_stint([2, 3, None, 2, 3, 4])]
+def test_a_reset_is_a_violation_unless_streams_were_lost() -> None:
+    stints = [_stint([2, 3, None, 1, 2, 3, 4])]
     assert check([_reader(*stints)], _history()).unexpected_resets == 1
-    found = check([_reader(*stints)], _history(), resets_expected=True)
+    found = check([_reader(*stints)], _history(), streams_lost=[1.0])
     assert found.violations == 0
     assert found.resets == 1
+    # after a reset, events start at the oldest id it named
+    assert check([_reader(_stint([2, None, 3, 4]))], _history(), streams_lost=[1.0]).lost == 2
+
+
+def test_a_new_stream_without_a_reset_first_is_unannounced() -> None:
+    old = Stint("r", "old-7")
+    old.receive({"id": "old-8", "type": "join", "user": "x"})
+    old.receive({"id": "ep-2", "type": "message", "user": "bob", "text": "bob.2 hi"})
+    found = check([_reader(old)], _history(), streams_lost=[1.0])
+    assert found.unannounced == 1
+    assert found.unverifiable == 1
+    told = Stint("r", "old-7")
+    for frame in (
+        {"id": "old-8", "type": "join", "user": "x"},
+        {"type": "reset", "id": "ep-1"},
+        *(_at(k) for k in (1, 2, 3)),
+    ):
+        told.receive(frame)
+    assert check([_reader(told)], _history(), streams_lost=[1.0]).violations == 0
+    # without a stream lost on purpose, an event history does not hold is a phantom
+    assert check([_reader(told)], _history()).phantoms == 1
 
 
 def test_an_accepted_message_missing_or_stored_twice_is_found() -> None:
@@ -102,6 +127,19 @@ def test_an_accepted_message_missing_or_stored_twice_is_found() -> None:
     assert (found.accepted, found.lost, found.unanswered) == (2, 1, 1)
     doubled = History.of("r", [_event(1), _event(2, text="bob.2 hi"), _event(3, text="bob.2 hi")])
     assert check([], {"r": doubled}).duplicates == 1
+
+
+def test_what_a_lost_stream_took_along_is_no_loss() -> None:
+    ledger = ClientLedger("bob", "longpolling")
+    ledger.said["bob.99"] = Said("bob.99", "r", "bob.99 hi", "old-5", True, answered_at=10.0)
+    ledger.said["bob.98"] = Said("bob.98", "r", "bob.98 hi", "ep-9", True, answered_at=30.0)
+    found = check([ledger], _history(), streams_lost=[20.0])
+    assert (found.lost_with_stream, found.lost) == (1, 1)
+
+
+def test_a_hole_in_history_is_a_loss() -> None:
+    holed = History.of("r", [_event(1), _event(2, text="a"), _event(4, text="b")])
+    assert check([], {"r": holed}).lost == 1
 
 
 def test_an_answer_naming_another_event_is_mismatched() -> None:
