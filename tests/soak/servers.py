@@ -95,6 +95,10 @@ class Fault:
         return self.back_after is not None
 
 
+# A log record's first line starts with its date (the node's logging format).
+_RECORD = re.compile(r"^\d{4}-\d\d-\d\d ")
+
+
 def rss_kb(pid: int) -> int | None:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -218,16 +222,31 @@ class Fleet:
                 self.cut_off[node.pid] = int(float(found.group(1)))
 
     def log_problems(self) -> list[str]:
-        """Lines of the node logs that tell of a server error (a traceback, ERROR)."""
+        """The ERROR (and CRITICAL) records of the node logs, each with the last line of
+        its traceback (the exception that ended it)."""
         found: list[str] = []
         for node in self.started:
             try:
-                text = node.log()
+                lines = node.log().splitlines()
             except OSError:
                 continue
-            for line in text.splitlines():
-                if "Traceback" in line or " ERROR " in line or "Exception" in line:
-                    found.append(f"{node.name} (port {node.port}): {line.strip()}")
+            record: str | None = None
+            cause = ""
+            for line in [*lines, "0000-00-00 end"]:
+                if _RECORD.match(line):
+                    if record is not None:
+                        found.append(f"{node.name}: {record}{' -> ' + cause if cause else ''}")
+                    record, cause = None, ""
+                    if " ERROR " in line or " CRITICAL " in line:
+                        record = line.strip()[:200]
+                elif (
+                    record is not None
+                    and line
+                    and not line[0].isspace()
+                    and not line.startswith(("Traceback", "During handling", "The above"))
+                ):
+                    # the last unindented line of a traceback names the exception
+                    cause = line.strip()[:200]
         return found
 
     async def close(self) -> None:
