@@ -83,9 +83,8 @@ class Context:
     # a flood: messages each firehose says, and their size
     flood_messages: int
     flood_size: int
-    # a slow reader stops reading until the flood is over (at most this long), and a
-    # little after: all of the flood is then waiting for it, more than its connection
-    # holds
+    # a slow reader stops reading until enough of the flood is stored (see
+    # `stall_bytes`) or it is over, at most this long
     stall: float
     # say pacing of a normal client: seconds between says, at random in this range
     pace: tuple[float, float]
@@ -99,6 +98,12 @@ class Context:
     firehoses: int = 0
     flooding: int = 0
     flood_over: asyncio.Event = field(default_factory=asyncio.Event)
+    # bytes of the flood stored so far; set once past `stall_bytes`, more than a
+    # stalled connection holds: the server has cut the slow readers off by then, and
+    # they read on soon enough to hear it (a server waits 10 s for a close's answer)
+    flood_bytes: int = 0
+    stall_bytes: int = 2_000_000
+    flooded: asyncio.Event = field(default_factory=asyncio.Event)
     # room -> the head each client must reach before it stops; set once all says are done
     targets: dict[str, str] = field(default_factory=dict)
     targets_set: asyncio.Event = field(default_factory=asyncio.Event)
@@ -127,6 +132,8 @@ class Context:
         self.flood_no += 1
         self.flooding = self.firehoses
         self.flood_over = asyncio.Event()
+        self.flood_bytes = 0
+        self.flooded = asyncio.Event()
         if not self.firehoses:
             self.flood_over.set()
         began.set()
@@ -353,7 +360,9 @@ class Client:
         self.ctx.stats["stalls"] += 1
         self.flowing.clear()
         try:
-            await _sleep_unless(self.ctx.stall, self.ctx.flood_over, self.ctx.stop_saying)
+            await _sleep_unless(
+                self.ctx.stall, self.ctx.flooded, self.ctx.flood_over, self.ctx.stop_saying
+            )
             await asyncio.sleep(0.5)
         finally:
             self.flowing.set()
@@ -362,9 +371,15 @@ class Client:
         """Say the flood's big messages, many in flight at once."""
         gate = asyncio.Semaphore(32)
 
+        ctx = self.ctx
+
         async def one() -> None:
             async with gate:
-                await self.say(self.text(self.ctx.flood_size))
+                text = self.text(ctx.flood_size)
+                await self.say(text)
+            ctx.flood_bytes += len(text.encode())
+            if ctx.flood_bytes >= ctx.stall_bytes:
+                ctx.flooded.set()
 
         try:
             await asyncio.gather(*(one() for _ in range(self.ctx.flood_messages)))
