@@ -59,7 +59,6 @@ _LAST = re.compile(r'data-last-id="([^"]*)"')
 
 # WebSocket close codes the soak expects to see
 CLOSE_GOING_AWAY = 1001
-CLOSE_SERVER_ERROR = 1011
 CLOSE_TRY_AGAIN = 1013
 CLOSE_TOO_SLOW = 4008
 
@@ -102,7 +101,7 @@ class Context:
     # stalled connection holds: the server has cut the slow readers off by then, and
     # they read on soon enough to hear it (a server waits 10 s for a close's answer)
     flood_bytes: int = 0
-    stall_bytes: int = 2_000_000
+    stall_bytes: int = 2_700_000
     flooded: asyncio.Event = field(default_factory=asyncio.Event)
     # room -> the head each client must reach before it stops; set once all says are done
     targets: dict[str, str] = field(default_factory=dict)
@@ -145,7 +144,7 @@ async def _sleep_unless(seconds: float, *events: asyncio.Event) -> None:
         return
     waits = [asyncio.ensure_future(e.wait()) for e in events]
     try:
-        await asyncio.wait(waits, timeout=max(0.0, seconds))
+        await asyncio.wait(waits, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
     finally:
         for w in waits:
             w.cancel()
@@ -270,6 +269,9 @@ class Client:
             cookie_jar=aiohttp.CookieJar(unsafe=True), connector=connector
         ) as http:
             self._http = http
+            staller = (
+                asyncio.create_task(self.stall_in_floods()) if self.role == "slow" else None
+            )
             try:
                 try:
                     await self.enter()
@@ -279,6 +281,10 @@ class Client:
                     self.talked.set()
                 await self.finish()
             finally:
+                if staller is not None:
+                    staller.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await staller
                 await self.stop_reading()
 
     async def enter(self) -> None:
@@ -297,23 +303,25 @@ class Client:
                 await self.backoff(attempt)
                 continue
             page = body.decode(errors="replace")
-            if status == 200:
-                self.begin(page)
+            if status == 200 and self.begin(page):
                 return
             self.unexpected("demo", status, page)
             attempt += 1
             await self.backoff(attempt)
         raise TimeoutError(f"{self.name} could not enter {self.room}")
 
-    def begin(self, page: str) -> None:
-        """A room page came: its CSRF token and last id start a new stint."""
+    def begin(self, page: str) -> bool:
+        """A room page came: its CSRF token and last id start a new stint.
+
+        False if it is not a room page (/demo led elsewhere, the welcome page's error).
+        """
         csrf, last = _CSRF.search(page), _LAST.search(page)
         if csrf is None or last is None:
-            self.ctx.anomaly("room page without data-csrf/data-last-id", page[:200])
-            return
+            return False
         self.csrf = csrf.group(1)
         self.stint = Stint(self.room, last.group(1) or None)
         self.ledger.stints.append(self.stint)
+        return True
 
     def unexpected(self, what: str, status: int, body: str) -> None:
         if status == 503:
@@ -324,21 +332,19 @@ class Client:
     async def talk(self) -> None:
         """Say, drop, leave and come back, until the run stops saying."""
         ctx = self.ctx
-        floods = self.role in ("slow", "firehose")
+        floods = self.role == "firehose"
         while not ctx.stop_saying.is_set() and self.alive():
             if floods and self._flood_seen < ctx.flood_no:
                 self._flood_seen = ctx.flood_no
-                if self.role == "slow":
-                    await self.stall()
-                else:
-                    await self.firehose()
+                await self.firehose()
                 continue
             wake = (ctx.stop_saying, ctx.next_flood) if floods else (ctx.stop_saying,)
             await _sleep_unless(self.rng.uniform(*ctx.pace), *wake)
             if ctx.stop_saying.is_set() or (floods and self._flood_seen < ctx.flood_no):
                 continue
             roll = self.rng.random()
-            if roll < ctx.drop_chance:
+            # (a slow reader keeps its stalled connection: the server is to cut it off)
+            if roll < ctx.drop_chance and self.flowing.is_set():
                 ctx.stats["drops"] += 1
                 await self.drop()
             elif roll < ctx.drop_chance + ctx.leave_chance:
@@ -355,23 +361,26 @@ class Client:
             text += " " + "x" * (size - len(text) - 1)
         return text
 
-    async def stall(self) -> None:
-        """Stop reading for a while: the server must cut this client off, not wait."""
-        self.ctx.stats["stalls"] += 1
-        self.flowing.clear()
-        try:
-            await _sleep_unless(
-                self.ctx.stall, self.ctx.flooded, self.ctx.flood_over, self.ctx.stop_saying
-            )
-            await asyncio.sleep(0.5)
-        finally:
-            self.flowing.set()
+    async def stall_in_floods(self) -> None:
+        """A slow reader: stop reading the moment a flood begins, whatever else it is
+        doing; the server must cut it off rather than wait for it."""
+        ctx = self.ctx
+        while not ctx.stop_saying.is_set():
+            await _sleep_unless(ctx.left(), ctx.next_flood, ctx.stop_saying)
+            if ctx.stop_saying.is_set():
+                return
+            ctx.stats["stalls"] += 1
+            self.flowing.clear()
+            try:
+                await _sleep_unless(ctx.stall, ctx.flooded, ctx.flood_over, ctx.stop_saying)
+                await asyncio.sleep(0.5)
+            finally:
+                self.flowing.set()
 
     async def firehose(self) -> None:
         """Say the flood's big messages, many in flight at once."""
-        gate = asyncio.Semaphore(32)
-
         ctx = self.ctx
+        gate = asyncio.Semaphore(32)
 
         async def one() -> None:
             async with gate:
@@ -382,12 +391,12 @@ class Client:
                 ctx.flooded.set()
 
         try:
-            await asyncio.gather(*(one() for _ in range(self.ctx.flood_messages)))
+            await asyncio.gather(*(one() for _ in range(ctx.flood_messages)))
         finally:
-            self.ctx.flooding -= 1
-            if self.ctx.flooding <= 0:
-                self.ctx.flood_over.set()
-        self.ctx.stats["floods said"] += 1
+            ctx.flooding -= 1
+            if ctx.flooding <= 0:
+                ctx.flood_over.set()
+        ctx.stats["floods said"] += 1
 
     async def say(self, text: str) -> None:
         """Say `text` until it is answered: accepted, or refused for good."""
@@ -794,9 +803,11 @@ class WebSocketClient(Client):
 class RefreshClient(Client):
     technique = "refresh"
 
-    def begin(self, page: str) -> None:
-        super().begin(page)
+    def begin(self, page: str) -> bool:
+        if not super().begin(page):
+            return False
         self.record(page)
+        return True
 
     def record(self, page: str) -> list[tuple[str, str, str, str]]:
         """Keep a page in the ledger; its thread's items."""

@@ -66,10 +66,11 @@ class Config:
     floods: int = 1
     slow: int = 4
     firehoses: int = 2
-    # a flood must pass what a stalled connection holds: the server's 1 MiB of unsent
-    # bytes (--max-unsent), its socket's send buffer (--socket-send-buffer, 64 KiB),
-    # the client's buffers (a small window, and what its reader holds): 2 x 600 x 2 KB
-    flood_messages: int = 600
+    # a flood must pass what a stalled connection holds, on both ways the server cuts a
+    # subscriber off: its 1 MiB of unsent bytes (--max-unsent) past its socket's send
+    # buffer (--socket-send-buffer, 64 KiB) and the client's buffers; or 1024 events
+    # waiting (--max-pending) while it is busy: 2 x 800 x 2 KB
+    flood_messages: int = 800
     flood_size: int = 1990
     stall: float = 30.0
     ramp: float = 3.0
@@ -161,6 +162,10 @@ class Report:
         ]
         for fault in self.faults:
             back = f"back in {fault.back_after:.1f} s" if fault.back_after else "NOT BACK"
+            if fault.alive_after is not None:
+                back = f"listening after {fault.alive_after:.1f} s, /readyz 200 after " + (
+                    f"{fault.back_after:.1f} s" if fault.back_after else "NEVER"
+                )
             lines.append(f"  at {fault.t:6.1f} s  {fault.what}: {back}")
         lines.append(
             f"losses: {f.lost}   duplicates: {f.duplicates}   order violations: {f.disorder}"
@@ -534,7 +539,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str | None]:
                         help="slow readers in the flood room (default 4 short, 8 long)")
     parser.add_argument("--firehoses", type=int, default=2,
                         help="clients that flood the flood room")
-    parser.add_argument("--flood-messages", type=int, default=600,
+    parser.add_argument("--flood-messages", type=int, default=800,
                         help="messages each firehose says in a flood (of 1990 characters)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None,

@@ -84,6 +84,9 @@ class Fault:
     what: str
     # seconds from the fault until the servers answered /readyz again; None: never
     back_after: float | None = None
+    # seconds from the fault until the restarted node answered /healthz (it listens and
+    # serves; /readyz may take longer: its backend check waits behind the reconnects)
+    alive_after: float | None = None
     # it lost every stream (a Redis without persistence restarted)
     lost_streams: bool = False
     # when (monotonic) the restarted server answered again: an answer that came before
@@ -97,6 +100,30 @@ class Fault:
 
 # A log record's first line starts with its date (the node's logging format).
 _RECORD = re.compile(r"^\d{4}-\d\d-\d\d ")
+
+
+# How long a restarted server may take to listen, and to answer /readyz, before the
+# fault counts as not survived (hundreds of clients reconnect to it at once).
+READY_WITHIN = 60.0
+
+
+async def _wait_alive(node: Node, within: float) -> None:
+    """Until the node answers /healthz (it listens and its loop turns)."""
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if not node.alive():
+                raise AssertionError(f"{node.name} exited with {node.proc.returncode}")
+            try:
+                async with http.get(
+                    node.url + "/healthz", timeout=aiohttp.ClientTimeout(total=2)
+                ) as response:
+                    if response.status == 200:
+                        return
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{node.name} did not answer /healthz within {within} s")
 
 
 def rss_kb(pid: int) -> int | None:
@@ -160,7 +187,9 @@ class Fleet:
         await asyncio.sleep(down)
         node = self.nodes[slot] = self._spawn(self.ports[slot])
         try:
-            await wait_ready(node)
+            await _wait_alive(node, READY_WITHIN)
+            fault.alive_after = self.now() - fault.t
+            await wait_ready(node, READY_WITHIN)
         except AssertionError:
             return fault
         fault.back_after = self.now() - fault.t
@@ -186,7 +215,7 @@ class Fleet:
         fault.restarted_at = time.monotonic()
         try:
             # every node must find its Redis again by itself
-            await asyncio.gather(*(wait_ready(node) for node in self.nodes))
+            await asyncio.gather(*(wait_ready(node, READY_WITHIN) for node in self.nodes))
         except AssertionError:
             return fault
         fault.back_after = self.now() - fault.t
