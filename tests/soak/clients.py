@@ -711,7 +711,7 @@ class WebSocketClient(Client):
                     attempt = 0
                     self.ws = ws
                     for frame, _ in list(self.pending.values()):
-                        ws.writer.write(frame)
+                        _write(ws, frame)
                     await self._frames(ws)
             except NET_ERRORS:
                 attempt += 1
@@ -727,13 +727,13 @@ class WebSocketClient(Client):
             if opcode == OP_TEXT:
                 self._text(orjson.loads(payload))
             elif opcode == OP_PING:
-                ws.send_frame(OP_PONG, payload)
+                _write(ws, RawWebSocket.frame(OP_PONG, payload))
             elif opcode == OP_CLOSE:
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
                 self._closed(code, payload[2:].decode(errors="replace"))
-                with contextlib.suppress(*NET_ERRORS):
-                    ws.send_frame(OP_CLOSE, payload[:2])
-                    await ws.writer.drain()
+                if _write(ws, RawWebSocket.frame(OP_CLOSE, payload[:2])):
+                    with contextlib.suppress(*NET_ERRORS):
+                        await ws.writer.drain()
                 return
 
     def _closed(self, code: int | None, reason: str) -> None:
@@ -784,8 +784,7 @@ class WebSocketClient(Client):
         try:
             ws = self.ws
             if ws is not None:
-                with contextlib.suppress(*NET_ERRORS):
-                    ws.writer.write(wire)
+                _write(ws, wire)
             # not answered within this: re-send (the reader also re-sends on reconnect)
             async with asyncio.timeout(8.0):
                 return await future
@@ -900,6 +899,19 @@ class RefreshClient(Client):
 @dataclass
 class _Port:
     port: int
+
+
+def _write(ws: RawWebSocket, data: bytes) -> bool:
+    """Write to a socket unless it is closing (the server hung up, or this client
+    dropped it): uvloop raises on a write to a closed transport. Whether it wrote."""
+    transport = ws.writer.transport
+    if transport.is_closing():
+        return False
+    try:
+        transport.write(data)
+    except (RuntimeError, OSError):
+        return False
+    return True
 
 
 # A slow reader's receive buffer: small, so the server's buffer fills and not the kernel's.
