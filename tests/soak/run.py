@@ -547,6 +547,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str | None]:
     parser.add_argument("--json", default=None, help="also write the summary as JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
+    if args.lossy and args.backend != "redis":
+        parser.error("--lossy is a Redis without persistence: use it with --backend redis")
     long = args.minutes is not None
     duration = args.minutes * 60 if long else (args.seconds or 30.0)
     config = Config(
