@@ -39,7 +39,7 @@ from chatroom.core.events import parse_cursor
 from chatroom.core.websocket import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
 from chatroom.web.security import COOKIE
 from tests.soak.ledger import ClientLedger, Page, Said, Stint, digest
-from tests.support import RawWebSocket, SSEStream, thread_items
+from tests.support import RawWebSocket, SSEStream, room_page, thread_items
 
 __all__ = ["TECHNIQUES", "Client", "Context", "Role", "make_client"]
 
@@ -53,9 +53,6 @@ NET_ERRORS: tuple[type[BaseException], ...] = (
     asyncio.IncompleteReadError,
     asyncio.LimitOverrunError,
 )
-
-_CSRF = re.compile(r'data-csrf="([^"]+)"')
-_LAST = re.compile(r'data-last-id="([^"]*)"')
 
 # WebSocket close codes the soak expects to see
 CLOSE_GOING_AWAY = 1001
@@ -315,11 +312,11 @@ class Client:
 
         False if it is not a room page (/demo led elsewhere, the welcome page's error).
         """
-        csrf, last = _CSRF.search(page), _LAST.search(page)
-        if csrf is None or last is None:
+        found = room_page(page)
+        if found is None:
             return False
-        self.csrf = csrf.group(1)
-        self.stint = Stint(self.room, last.group(1) or None)
+        self.csrf = found.csrf
+        self.stint = Stint(self.room, found.last_id or None)
         self.ledger.stints.append(self.stint)
         return True
 
@@ -440,10 +437,9 @@ class Client:
         except NET_ERRORS:
             self.failover()
             return
-        if status == 200:
-            found = _CSRF.search(body.decode(errors="replace"))
-            if found:
-                self.csrf = found.group(1)
+        found = room_page(body.decode(errors="replace")) if status == 200 else None
+        if found is not None:
+            self.csrf = found.csrf
 
     async def leave_and_return(self) -> None:
         """Press Leave, then enter again through /demo: a new stint from the new page."""
@@ -810,14 +806,14 @@ class RefreshClient(Client):
 
     def record(self, page: str) -> list[tuple[str, str, str, str]]:
         """Keep a page in the ledger; its thread's items."""
-        last = _LAST.search(page)
-        if last is None:
+        found = room_page(page)
+        if found is None:
             return []
         items = thread_items(page)
         self.ledger.pages.append(
             Page(
                 self.room,
-                last.group(1),
+                found.last_id,
                 [i for i, _, _, _ in items],
                 [digest(kind, user, text if kind == "message" else None)
                  for _, kind, user, text in items],
@@ -841,9 +837,9 @@ class RefreshClient(Client):
         if status != 200:
             self.unexpected("refresh page", status, page)
             return []
-        found = _CSRF.search(page)
-        if found:
-            self.csrf = found.group(1)
+        found = room_page(page)
+        if found is not None:
+            self.csrf = found.csrf
         return self.record(page)
 
     async def talk(self) -> None:

@@ -15,7 +15,8 @@ The run, in phases:
    head is read and every client reads on until it has it;
 4. history is read back from the server (pages of 500) and every ledger is checked
    against it (tests/soak/ledger.py); the servers' memory, sampled from /proc all
-   along, is compared between two steady windows of the last half.
+   along, is compared between the two halves of the steady span (from the last
+   fault's recovery to the end of saying).
 
 The report prints what was checked and every violation; the exit status is 1 if any.
 """
@@ -93,7 +94,8 @@ class RssVerdict:
     pid: int
     start_mb: float
     end_mb: float
-    # medians of the two steady windows (the last half of the process's life)
+    # medians of the two halves of the steady span (after the last fault), if it lived
+    # through enough of it
     window1_mb: float | None
     window2_mb: float | None
     leak: bool
@@ -205,7 +207,7 @@ class Report:
             windows = (
                 f"steady windows {r.window1_mb:.1f} -> {r.window2_mb:.1f} MB"
                 if r.window1_mb is not None and r.window2_mb is not None
-                else "too short a life for steady windows"
+                else "not alive through enough of the steady span"
             )
             lines.append(
                 f"  {r.label} pid {r.pid}: start {r.start_mb:.1f} MB, end {r.end_mb:.1f} MB, "
@@ -274,12 +276,20 @@ def plan(config: Config, ctx: Context) -> list[Client]:
     return clients
 
 
-def rss_verdicts(samples: Sequence[Sample], config: Config) -> list[RssVerdict]:
+# After a fault, how long the servers take to settle (reconnects, backlogs replayed)
+# before their memory counts as steady.
+SETTLE = 30.0
+
+
+def rss_verdicts(
+    samples: Sequence[Sample], config: Config, steady: tuple[float, float]
+) -> list[RssVerdict]:
     """Per server process: start and end, and its two steady windows compared.
 
-    The windows are the two halves of the last half of the process's life (after the
-    warm-up, faults and floods of the first half): the same load in both, so growth
-    between them is memory kept that should not be.
+    `steady` is the span (seconds into the run) of steady load: from the last fault's
+    recovery (and SETTLE more) to the end of saying. Its two halves carry the same load
+    (clients saying, dropping, the floods), so growth between them is memory kept that
+    should not be. A process that did not live through enough of it is not judged.
     """
     lives: dict[tuple[str, int], list[Sample]] = {}
     for s in samples:
@@ -287,12 +297,12 @@ def rss_verdicts(samples: Sequence[Sample], config: Config) -> list[RssVerdict]:
     verdicts = []
     for (label, pid), life in lives.items():
         rss = [s.rss_kb / 1024 for s in life]
+        settled = [s.rss_kb / 1024 for s in life if steady[0] <= s.t <= steady[1]]
         w1 = w2 = None
         leak = False
-        if len(life) >= 12 and label != "redis":
-            half = rss[len(rss) // 2 :]
-            mid = len(half) // 2
-            w1, w2 = statistics.median(half[:mid]), statistics.median(half[mid:])
+        if len(settled) >= 12 and label != "redis":
+            mid = len(settled) // 2
+            w1, w2 = statistics.median(settled[:mid]), statistics.median(settled[mid:])
             leak = w2 - w1 > max(config.leak_fraction * w1, config.leak_mb)
         verdicts.append(RssVerdict(label, pid, rss[0], rss[-1], w1, w2, leak))
     return verdicts
@@ -364,6 +374,7 @@ class Soak:
             self.log(f"{len(clients)} clients started")
             await self._phase_two(ctx, clients, tasks)
             ctx.stop_saying.set()
+            said_until = fleet.now()
             self.log("no new says: waiting for every pending say to be answered")
             await asyncio.wait([asyncio.create_task(c.talked.wait()) for c in clients], timeout=90)
             async with aiohttp.ClientSession() as http:
@@ -414,7 +425,7 @@ class Soak:
             anomaly_examples=ctx.anomaly_examples,
             client_errors=errors,
             server_log_problems=fleet.log_problems(),
-            rss=rss_verdicts(fleet.samples, config),
+            rss=rss_verdicts(fleet.samples, config, (self._settled(), said_until)),
             samples=fleet.samples,
             seconds=time.monotonic() - self.t0,
             server_flags=self.flags,
@@ -460,6 +471,15 @@ class Soak:
         dead = [c.name for c, t in tasks.items() if t.done()]
         if dead:
             self.log(f"{len(dead)} clients ended early: {dead[:5]}")
+
+    def _settled(self) -> float:
+        """When (seconds into the run) the load became steady: SETTLE after the last
+        fault's servers were back."""
+        faults = self.fleet.faults
+        if not faults:
+            return SETTLE
+        last = faults[-1]
+        return last.t + (last.back_after or 0.0) + SETTLE
 
     def _fault_kinds(self) -> list[str]:
         if self.config.backend == "sqlite":

@@ -107,25 +107,6 @@ _RECORD = re.compile(r"^\d{4}-\d\d-\d\d ")
 READY_WITHIN = 60.0
 
 
-async def _wait_alive(node: Node, within: float) -> None:
-    """Until the node answers /healthz (it listens and its loop turns)."""
-    deadline = time.monotonic() + within
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if not node.alive():
-                raise AssertionError(f"{node.name} exited with {node.proc.returncode}")
-            try:
-                async with http.get(
-                    node.url + "/healthz", timeout=aiohttp.ClientTimeout(total=2)
-                ) as response:
-                    if response.status == 200:
-                        return
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"{node.name} did not answer /healthz within {within} s")
-
-
 def rss_kb(pid: int) -> int | None:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -187,7 +168,7 @@ class Fleet:
         await asyncio.sleep(down)
         node = self.nodes[slot] = self._spawn(self.ports[slot])
         try:
-            await _wait_alive(node, READY_WITHIN)
+            await wait_ready(node, READY_WITHIN, path="/healthz")
             fault.alive_after = self.now() - fault.t
             await wait_ready(node, READY_WITHIN)
         except AssertionError:

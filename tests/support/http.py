@@ -23,6 +23,7 @@ __all__ = [
     "poll",
     "press_leave",
     "publish",
+    "room_page",
     "say_lp",
     "thread_items",
     "thread_messages",
@@ -60,10 +61,17 @@ async def login(
     ) as response:
         page = await response.text()
         assert response.status == 200, page
+    found = room_page(page)
+    assert found is not None, page
+    return found
+
+
+def room_page(page: str) -> Login | None:
+    """A room page's CSRF token and last id; None if `page` is not a room page."""
     csrf = _CSRF.search(page)
     last = _LAST.search(page)
-    assert csrf, page
-    assert last, page
+    if csrf is None or last is None:
+        return None
     return Login(csrf.group(1), last.group(1), page)
 
 
