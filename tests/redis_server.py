@@ -41,6 +41,9 @@ class RedisServer:
     # set when the tests started this server themselves
     process: subprocess.Popen[bytes] | None = None
     workdir: Path | None = None
+    # an append-only file fsynced on every write: a restart (even after SIGKILL) keeps
+    # everything Redis acknowledged
+    persistent: bool = False
 
     def url(self, db: int = 15) -> str:
         return f"redis://{self.host}:{self.port}/{db}"
@@ -57,10 +60,21 @@ class RedisServer:
             self.process.wait()
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL a server the tests started: no goodbye, no last save."""
+        if self.process is None:
+            return
+        self.process.kill()
+        self.process.wait(10)
+        self.process = None
+
     def restart(self) -> None:
-        """Start a stopped server again on the same port (data is gone: no persistence)."""
+        """Start a stopped server again on the same port, in the same directory.
+
+        Without persistence its data is gone; with it, it reloads its append-only file.
+        """
         assert self.workdir is not None
-        self.process = _spawn(self.port, self.workdir)
+        self.process = _spawn(self.port, self.workdir, self.persistent)
 
     def cleanup(self) -> None:
         self.stop()
@@ -68,7 +82,7 @@ class RedisServer:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _spawn(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+def _spawn(port: int, workdir: Path, persistent: bool = False) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError(
@@ -78,7 +92,9 @@ def _spawn(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [
             binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(workdir),
+            "--dir", str(workdir),
+            *(["--appendonly", "yes", "--appendfsync", "always"] if persistent
+              else ["--appendonly", "no"]),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -92,8 +108,12 @@ def _spawn(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_redis(own: bool = False) -> RedisServer:
-    """The shared server for most tests, or (own=True) a private one a test may stop."""
+def start_redis(own: bool = False, persistent: bool = False) -> RedisServer:
+    """The shared server for most tests, or (own=True) a private one a test may stop.
+
+    persistent=True (a private one only): appendonly, fsynced on every write.
+    """
+    assert own or not persistent, "only a private server may be made persistent"
     configured = os.environ.get("CHATROOM_TEST_REDIS")
     if configured and not own:
         host, _, given = configured.removeprefix("redis://").split("/")[0].partition(":")
@@ -102,4 +122,4 @@ def start_redis(own: bool = False) -> RedisServer:
         return RedisServer("127.0.0.1", 6379)
     free = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="chatroom-redis-"))
-    return RedisServer("127.0.0.1", free, _spawn(free, workdir), workdir)
+    return RedisServer("127.0.0.1", free, _spawn(free, workdir, persistent), workdir, persistent)

@@ -116,11 +116,13 @@ async def wait_exit(proc: subprocess.Popen[bytes], within: float) -> int:
         raise TimeoutError(f"process {proc.pid} still running after {within} s") from None
 
 
-async def ready_status(http: aiohttp.ClientSession, node: Node) -> int | None:
-    """/readyz's status, or None if the node does not answer."""
+async def ready_status(
+    http: aiohttp.ClientSession, node: Node, path: str = "/readyz"
+) -> int | None:
+    """/readyz's status (or another health route's), or None if the node does not answer."""
     try:
         async with http.get(
-            node.url + "/readyz", timeout=aiohttp.ClientTimeout(total=3)
+            node.url + path, timeout=aiohttp.ClientTimeout(total=3)
         ) as response:
             await response.read()
             return response.status
@@ -128,7 +130,8 @@ async def ready_status(http: aiohttp.ClientSession, node: Node) -> int | None:
         return None
 
 
-async def wait_ready(node: Node, within: float = READY_WITHIN) -> None:
+async def wait_ready(node: Node, within: float = READY_WITHIN, path: str = "/readyz") -> None:
+    """Until the node answers `path` with 200 (/healthz: it listens and its loop turns)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     async with aiohttp.ClientSession() as http:
@@ -137,7 +140,7 @@ async def wait_ready(node: Node, within: float = READY_WITHIN) -> None:
                 raise AssertionError(
                     f"{node.name} exited with {node.proc.returncode}:\n{node.log()}"
                 )
-            if await ready_status(http, node) == 200:
+            if await ready_status(http, node, path) == 200:
                 return
             if loop.time() > deadline:
                 raise AssertionError(f"{node.name} not ready within {within} s:\n{node.log()}")

@@ -11,7 +11,9 @@ from tests.support.http import (
     poll,
     press_leave,
     publish,
+    room_page,
     say_lp,
+    thread_items,
     thread_messages,
 )
 from tests.support.server import (
@@ -30,6 +32,7 @@ from tests.support.sse import (
     SSEStream,
 )
 from tests.support.websocket import (
+    HasPort,
     RawWebSocket,
     client_frame,
     frame_header,
@@ -42,6 +45,7 @@ __all__ = [
     "PRESENT_FOR",
     "SECRET",
     "UNLIMITED",
+    "HasPort",
     "HasUrl",
     "Login",
     "RawWebSocket",
@@ -62,9 +66,11 @@ __all__ = [
     "present",
     "press_leave",
     "publish",
+    "room_page",
     "say_lp",
     "serving",
     "start_server",
+    "thread_items",
     "thread_messages",
     "ws_json",
     "ws_until",

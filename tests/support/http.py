@@ -23,7 +23,9 @@ __all__ = [
     "poll",
     "press_leave",
     "publish",
+    "room_page",
     "say_lp",
+    "thread_items",
     "thread_messages",
 ]
 
@@ -59,10 +61,17 @@ async def login(
     ) as response:
         page = await response.text()
         assert response.status == 200, page
+    found = room_page(page)
+    assert found is not None, page
+    return found
+
+
+def room_page(page: str) -> Login | None:
+    """A room page's CSRF token and last id; None if `page` is not a room page."""
     csrf = _CSRF.search(page)
     last = _LAST.search(page)
-    assert csrf, page
-    assert last, page
+    if csrf is None or last is None:
+        return None
     return Login(csrf.group(1), last.group(1), page)
 
 
@@ -157,11 +166,16 @@ async def press_leave(
 
 
 class Thread(HTMLParser):
-    """Collects (id, user, text) of every `#thread .message` item of a page."""
+    """Collects (id, user, text) of every `#thread .message` item of a page.
+
+    `items` has every event of the thread in page order, notices included, as
+    (id, type, user, text): type "message", "join" or "leave"; text "" for a notice.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.messages: list[tuple[str, str, str]] = []
+        self.items: list[tuple[str, str, str, str]] = []
         self._in_thread = False
         self._item: dict[str, str] | None = None
         self._field: str | None = None
@@ -172,9 +186,14 @@ class Thread(HTMLParser):
         if tag == "ol" and attr.get("id") == "thread":
             self._in_thread = True
         elif self._in_thread and tag == "li" and "message" in classes:
-            self._item = {"id": attr.get("data-id") or "", "user": "", "text": ""}
+            self._start_item(attr, "message")
+        elif self._in_thread and tag == "li" and "notice" in classes:
+            self._start_item(attr, next((c for c in classes if c != "notice"), ""))
         elif self._item is not None and tag == "span" and classes:
             self._field = classes[0] if classes[0] in ("user", "text") else None
+
+    def _start_item(self, attr: dict[str, str | None], kind: str) -> None:
+        self._item = {"id": attr.get("data-id") or "", "type": kind, "user": "", "text": ""}
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "ol" and self._in_thread:
@@ -183,7 +202,9 @@ class Thread(HTMLParser):
             self._field = None
         elif tag == "li" and self._item is not None:
             item = self._item
-            self.messages.append((item["id"], item["user"], item["text"]))
+            if item["type"] == "message":
+                self.messages.append((item["id"], item["user"], item["text"]))
+            self.items.append((item["id"], item["type"], item["user"], item["text"]))
             self._item = None
 
     def handle_data(self, data: str) -> None:
@@ -196,3 +217,11 @@ def thread_messages(page: str) -> list[tuple[str, str, str]]:
     parser.feed(page)
     parser.close()
     return parser.messages
+
+
+def thread_items(page: str) -> list[tuple[str, str, str, str]]:
+    """Every event of the page's `#thread`, notices included: (id, type, user, text)."""
+    parser = Thread()
+    parser.feed(page)
+    parser.close()
+    return parser.items

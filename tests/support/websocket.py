@@ -9,7 +9,7 @@ import contextlib
 import random
 import socket
 import struct
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -19,6 +19,7 @@ from chatroom.web.security import COOKIE
 from tests.support.server import Server
 
 __all__ = [
+    "HasPort",
     "RawWebSocket",
     "client_frame",
     "frame_header",
@@ -113,6 +114,13 @@ def client_frame(
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
+class HasPort(Protocol):
+    """A server on 127.0.0.1 (a test's Server, a cluster's Node)."""
+
+    @property
+    def port(self) -> int: ...
+
+
 class RawWebSocket:
     """A WebSocket client written by hand, to send what a polite client never would."""
 
@@ -127,20 +135,24 @@ class RawWebSocket:
     @classmethod
     async def connect(
         cls,
-        server: Server,
+        server: HasPort,
         path: str,
         cookie: str | None,
         *,
         rcvbuf: int | None = None,
         origin: str | None = None,
+        local_addr: str | None = None,
     ) -> RawWebSocket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:
-            # set before connect so the TCP window is small from the start
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.setblocking(False)
         loop = asyncio.get_running_loop()
         try:
+            if local_addr is not None:
+                # another loopback source address (127.0.0.2, ...), as another machine
+                sock.bind((local_addr, 0))
+            if rcvbuf is not None:
+                # set before connect so the TCP window is small from the start
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.setblocking(False)
             await loop.sock_connect(sock, ("127.0.0.1", server.port))
         except BaseException:
             sock.close()
@@ -159,10 +171,15 @@ class RawWebSocket:
             lines.append(f"Cookie: {COOKIE}={cookie}")
         if origin is not None:
             lines.append(f"Origin: {origin}")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        await writer.drain()
-        head = (await reader.readuntil(b"\r\n\r\n")).decode()
-        status = int(head.split(" ", 2)[1])
+        try:
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+            await writer.drain()
+            head = (await reader.readuntil(b"\r\n\r\n")).decode()
+            status = int(head.split(" ", 2)[1])
+        except BaseException:
+            # refused or gone before the answer's head: nothing to hand back
+            writer.close()
+            raise
         return cls(reader, writer, status, head)
 
     def send_frame(self, opcode: int, payload: bytes, *, fin: bool = True) -> None:
