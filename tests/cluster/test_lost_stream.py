@@ -55,6 +55,12 @@ async def test_flushdb_between_says_gives_subscribers_on_another_node_a_reset_th
             await feed.wait_text("before-2")
 
             await flushdb(private_redis)
+            # Presence went with it: bob's page polls again (as it does every 25 s at
+            # most), which makes him a member of the room again, and then he speaks.
+            async with bob.get(
+                f"{b.url}/longpolling/room/messages", params={"room": ROOM}
+            ) as response:
+                assert response.status == 200, await response.text()
             # fewer than the old stream held: their ids are all below its last one
             after = [await say_lp(bob, b, ROOM, speaker.csrf, f"after-{i}") for i in range(3)]
             frames = await feed.wait_text("after-2", within=10)
