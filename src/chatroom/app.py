@@ -14,7 +14,7 @@ from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 from prometheus_client import CollectorRegistry
 
-from chatroom.broker import Backend, Broker, open_backend
+from chatroom.broker import Backend, BackendUnavailable, Broker, open_backend
 from chatroom.config import Settings
 from chatroom.transports import longpoll, sse, websocket
 from chatroom.web import api, pages
@@ -67,7 +67,11 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
                 "backend", "backend unavailable (%s %s): %s", request.method, request.path, exc
             )
         if route.render != "json":
-            return await pages.render_refusal(request, refused, route.render)
+            try:
+                return await pages.render_refusal(request, refused, route.render)
+            except BackendUnavailable:
+                # the page itself needs the backend that is out: say so plainly
+                pass
         return refusal_response(refused)
 
 

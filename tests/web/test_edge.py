@@ -464,3 +464,23 @@ async def test_a_body_not_in_its_content_encoding_is_400_and_logs_no_traceback(
     await asyncio.sleep(0.05)
     assert _tracebacks(caplog) == []
     assert [e for e in await history(client, server) if e["type"] == "message"] == []
+
+
+async def test_pages_answer_503_not_500_while_the_backend_is_out(
+    server: Server, client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refusal shown as a page reads the backend again; with the backend out, the
+    answer is the plain 503, not a 500 from the page that could not be drawn."""
+    page = await login(client, server, "alice", demo="refresh")
+    await server.broker.backend.close()
+    for method, path, data in (
+        ("GET", "/refresh/room", None),
+        ("GET", "/websocket/room", None),
+        ("POST", "/refresh/room", {"message": "hi", "csrf": page.csrf}),
+    ):
+        async with client.request(
+            method, f"{server.url}{path}", params={"room": "lobby"}, data=data,
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 503, (path, await response.text())
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []

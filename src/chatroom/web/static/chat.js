@@ -176,8 +176,15 @@ const Chat = (() => {
       }
       if (r.ok) return r.json();
       let reason = `error ${r.status}`;
-      try { reason = (await r.json()).reason || reason; } catch (_) { /* not JSON */ }
+      let code = '';
+      try { const body = await r.json(); reason = body.reason || reason; code = body.error || ''; } catch (_) { /* not JSON */ }
       if (r.status >= 500) { await sleep(backoff(attempt)); continue; }
+      if (code === 'not_member' && attempt < 3) {
+        // The server lost this page's presence (a restart, an outage): a poll brings it
+        // back, then the same message goes again, with the same client_id.
+        try { await fetch(`/longpolling/room/messages?room=${encodeURIComponent(room)}`, { cache: 'no-store' }); } catch (_) { /* retried */ }
+        continue;
+      }
       throw new Error(reason);
     }
   }

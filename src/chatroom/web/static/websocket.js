@@ -25,9 +25,14 @@
         if (p) { pending.delete(data.client_id); p.resolve(data); }
       } else if (data.type === 'error') {
         const p = data.client_id ? pending.get(data.client_id) : null;
-        if (p && data.error === 'rate_limited') {
+        // Worth the same message again, with the same client_id (stored once whatever
+        // happened): the rate allows it later; a server that lost this socket's presence
+        // (a restart, an outage) has it back within its heartbeat.
+        const again = p && (data.error === 'rate_limited'
+          || ((data.error === 'not_member' || data.error === 'unavailable') && (p.tries = (p.tries || 0) + 1) <= 10));
+        if (again) {
           setTimeout(() => { if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ text: p.text, client_id: data.client_id })); },
-            (data.retry_after || 1) * 1000);
+            (data.retry_after || 2) * 1000);
         } else if (p) {
           pending.delete(data.client_id);
           p.reject(new Error(data.reason));
