@@ -176,7 +176,9 @@ async def listen(
     runner: web.AppRunner, host: str, port: int, reuse_port: bool = False
 ) -> tuple[web.TCPSite, int]:
     """Start serving on host:port; returns the site and the port bound."""
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+    # aiohttp's backlog is 128: after a restart every client reconnects at once, and
+    # a full queue drops connections for seconds (the kernel caps it at somaxconn)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=4096)
     await site.start()
     server = site._server
     sockets = getattr(server, "sockets", None) or []
