@@ -765,7 +765,7 @@ def plans(draw: st.DrawFn, method: str, route: str) -> Plan:
     if wild and draw(st.booleans()):
         # (the request line and headers in their order; Connection may be overridden)
         headers = draw(st.permutations(headers))
-    return avoid_open_bugs(Plan(
+    return Plan(
         method=raw_method,
         target=target,
         headers=headers,
@@ -774,26 +774,7 @@ def plans(draw: st.DrawFn, method: str, route: str) -> Plan:
         delta=draw(st.integers(1, 50)),
         chunks=draw(st.integers(1, 4)),
         source=draw(st.sampled_from(["127.0.0.1", "127.0.0.1", PROXY])),
-    ))
-
-
-# Inputs that make a 500 inside aiohttp, outside what src/chatroom/web can fix; each has
-# a strict xfail regression test in tests/web/test_edge.py. While they are open, the
-# fuzz does not send them (so that it keeps finding the others); when one is fixed,
-# its xfail passes, fails the run, and its entry here goes too.
-OPEN_BUGS: dict[str, str] = {}
-
-
-def avoid_open_bugs(plan: Plan) -> Plan:
-    if "static-name-too-long" in OPEN_BUGS and plan.target.startswith(b"/static/"):
-        path, mark, query = plan.target.partition(b"?")
-        plan.target = path[: len(b"/static/") + 255] + mark + query
-    if "expect-not-utf8" in OPEN_BUGS:
-        plan.headers = [
-            (k, bytes(b for b in v if b < 0x80) if k.lower() == b"expect" else v)
-            for k, v in plan.headers
-        ]
-    return plan
+    )
 
 
 async def marks_for(server: Server, plan: Plan) -> dict[bytes, bytes]:
