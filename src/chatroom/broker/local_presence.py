@@ -13,9 +13,9 @@ __all__ = ["LocalPresence"]
 class LocalPresence:
     """The Presence protocol over a PresenceTable, with an injectable monotonic clock."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self._table = PresenceTable()
-        self._clock = clock
+        self._clock = clock or time.monotonic
 
     async def touch(
         self, room: str, user: str, session: str, conn: str, ttl: float, rejoin: bool = False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from chatroom.broker.backend import Draft, Listener, Page, Presence, Stored
@@ -34,11 +34,13 @@ class MemoryBackend:
     name = "memory://"
     shared = False
 
-    def __init__(self, retention: int = 10_000) -> None:
+    def __init__(
+        self, retention: int = 10_000, presence_clock: Callable[[], float] | None = None
+    ) -> None:
         self._retention = retention
         self._streams: dict[str, _Stream] = {}
         self._listener: Listener | None = None
-        self.presence: Presence = LocalPresence()
+        self.presence: Presence = LocalPresence(presence_clock)
 
     def set_listener(self, listener: Listener) -> None:
         self._listener = listener

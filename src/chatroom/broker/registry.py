@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from chatroom.broker.backend import Backend
@@ -16,14 +17,20 @@ def is_shared(url: str) -> bool:
     return urlsplit(url).scheme.lower() in ("redis", "rediss")
 
 
-def open_backend(url: str, *, retention: int = 10_000) -> Backend:
-    """Build (not start) the backend a URL names. Raises ValueError for an unknown one."""
+def open_backend(
+    url: str, *, retention: int = 10_000, presence_clock: Callable[[], float] | None = None
+) -> Backend:
+    """Build (not start) the backend a URL names. Raises ValueError for an unknown one.
+
+    `presence_clock` (seconds) replaces the clock presence expiries are counted on (the
+    process's monotonic clock, or Redis's): tests move it instead of sleeping.
+    """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "memory":
         from chatroom.broker.memory import MemoryBackend
 
-        return MemoryBackend(retention=retention)
+        return MemoryBackend(retention=retention, presence_clock=presence_clock)
     if scheme == "sqlite":
         # sqlite:///relative.db and sqlite:////absolute/path.db, as SQLAlchemy spells them
         path = url.split("://", 1)[1]
@@ -32,7 +39,7 @@ def open_backend(url: str, *, retention: int = 10_000) -> Backend:
             raise ValueError("sqlite backend needs a path: sqlite:///chatroom.db")
         from chatroom.broker.sqlite import SQLiteBackend
 
-        return SQLiteBackend(path, retention=retention)
+        return SQLiteBackend(path, retention=retention, presence_clock=presence_clock)
     if scheme in ("redis", "rediss"):
         try:
             from chatroom.broker.redis import RedisBackend
@@ -40,7 +47,7 @@ def open_backend(url: str, *, retention: int = 10_000) -> Backend:
             raise ValueError(
                 "the redis backend needs redis-py: pip install 'chatroom[redis]'"
             ) from exc
-        return RedisBackend(url, retention=retention)
+        return RedisBackend(url, retention=retention, presence_clock=presence_clock)
     raise ValueError(
         f"unknown backend {url!r}: use sqlite:///path, memory:// or redis://host:port/db"
     )

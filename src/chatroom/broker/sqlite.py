@@ -96,7 +96,12 @@ class _Append:
 class SQLiteBackend:
     shared = False
 
-    def __init__(self, path: str | Path, retention: int = 10_000) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        retention: int = 10_000,
+        presence_clock: Callable[[], float] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.name = f"sqlite:///{self.path}"
         self._retention = retention
@@ -107,7 +112,7 @@ class SQLiteBackend:
         self._db: sqlite3.Connection | None = None
         # room -> (epoch, head) cached on the writer thread
         self._heads: dict[str, tuple[str, int]] = {}
-        self.presence: Presence = LocalPresence()
+        self.presence: Presence = LocalPresence(presence_clock)
 
     def set_listener(self, listener: Listener) -> None:
         self._listener = listener

@@ -17,9 +17,7 @@ past them would wait for ever. The append script that starts one also notes it i
 position in a room is in an older epoch reads the new stream from its start, and the
 broker's subscribers get the new epoch's events, which they answer with a reset.
 
-Presence is kept in Redis with expiries taken from Redis's own clock (TIME), so
-nodes with skewed clocks agree; scripts make join and leave transitions atomic, so
-each is reported exactly once in the whole cluster.
+Presence lives in the same Redis (chatroom.broker.redis.presence).
 """
 
 from __future__ import annotations
@@ -28,24 +26,22 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chatroom.broker.backend import BackendUnavailable, Draft, Listener, Page, Presence, Stored
+from chatroom.broker.backend import Draft, Listener, Page, Presence, Stored
+from chatroom.broker.redis.keys import Keys, text, unavailable
+from chatroom.broker.redis.presence import RedisPresence
 from chatroom.broker.tasks import cancel_requested, stop_tasks
 from chatroom.core.events import Event, Position, new_epoch
-from chatroom.core.presence import LEFT_TTL, LeftRoom, NicknameTaken, NotMember
-from chatroom.core.validation import skeleton
 
-__all__ = ["RedisBackend", "RedisPresence"]
+__all__ = ["RedisBackend"]
 
 log = logging.getLogger(__name__)
 
@@ -142,283 +138,21 @@ end
 return {epoch, reset, oldest, head, out}
 """
 
-# Presence: per room a hash key -> session, a hash key -> the name shown, a zset
-# key -> latest expiry, and per key a zset conn -> expiry, where the key is the
-# nickname's skeleton (look-alike names are one name); per (room, session) that pressed
-# Leave a marker with an expiry. Times are Redis's (ms).
-_PRESENCE_LIB = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function alive(ckey, now)
-  return #redis.call('ZRANGEBYSCORE', ckey, '(' .. now, '+inf', 'LIMIT', 0, 1) > 0
-end
-local function restamp(users, ckey, key)
-  local top = redis.call('ZREVRANGE', ckey, 0, 0, 'WITHSCORES')
-  if #top == 0 then redis.call('ZREM', users, key) else redis.call('ZADD', users, top[2], key) end
-end
-"""
-
-_TOUCH = _PRESENCE_LIB + """
--- KEYS: members, users, conns of the key, presence rooms, left marker of the session, names
--- ARGV: room, key, session, conn, ttl ms, rejoin ('1' or '0'), name
--- Returns 1 joined, 0 already a member, -1 nickname taken, -2 this session left.
-local rejoin = ARGV[6] == '1'
-local now = now_ms()
-local holder = redis.call('HGET', KEYS[1], ARGV[2])
-if holder and holder ~= ARGV[3] and alive(KEYS[3], now) then return -1 end
-if rejoin then
-  redis.call('DEL', KEYS[5])
-elseif redis.call('EXISTS', KEYS[5]) == 1 then
-  return -2
-end
--- a member stays listed until its leave is reported: an expired one not reaped yet
--- never left in the room's eyes, so its return is no second join
-local joined = 0
-if not holder then joined = 1 end
-if holder ~= ARGV[3] or rejoin then
-  -- a new holder (the expired one's connections go with it), or the welcome page
-  if holder and holder ~= ARGV[3] then redis.call('DEL', KEYS[3]) end
-  redis.call('HSET', KEYS[6], ARGV[2], ARGV[7])
-else
-  redis.call('HSETNX', KEYS[6], ARGV[2], ARGV[7])
-end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[3], 'GT', now + tonumber(ARGV[5]), ARGV[4])
-redis.call('ZADD', KEYS[3], 'NX', now + tonumber(ARGV[5]), ARGV[4])
-restamp(KEYS[2], KEYS[3], ARGV[2])
-redis.call('SADD', KEYS[4], ARGV[1])
-return joined
-"""
-
-_CHECK = _PRESENCE_LIB + """
--- KEYS: members, conns of the key, left marker of the session; ARGV: key, session
--- Returns 0 a live member, -1 nickname taken, -2 this session left, -3 not a member.
-local holder = redis.call('HGET', KEYS[1], ARGV[1])
-local live = holder and alive(KEYS[2], now_ms())
-if live and holder ~= ARGV[2] then return -1 end
-if redis.call('EXISTS', KEYS[3]) == 1 then return -2 end
-if not live then return -3 end
-return 0
-"""
-
-_RELEASE = _PRESENCE_LIB + """
--- KEYS: users, conns of the key; ARGV: key, conn, linger ms
-local now = now_ms()
-if redis.call('ZSCORE', KEYS[2], ARGV[2]) then
-  redis.call('ZADD', KEYS[2], 'LT', now + tonumber(ARGV[3]), ARGV[2])
-  restamp(KEYS[1], KEYS[2], ARGV[1])
-end
-return 0
-"""
-
-_LEAVE = _PRESENCE_LIB + """
--- KEYS: members, users, conns of the key, left marker of the session, names
--- ARGV: key, session, left ttl s
-redis.call('SET', KEYS[4], '1', 'EX', ARGV[3])
-local holder = redis.call('HGET', KEYS[1], ARGV[1])
-if holder ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[5], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[3])
-return 1
-"""
-
-_EXPIRE = _PRESENCE_LIB + """
--- KEYS: presence rooms; ARGV: key prefix. Returns room, name, room, name, ...
-local now = now_ms()
-local gone = {}
-for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local base = ARGV[1] .. '{' .. room .. '}:'
-  local users = base .. 'users'
-  for _, key in ipairs(redis.call('ZRANGEBYSCORE', users, '-inf', now)) do
-    local ckey = base .. 'c:' .. key
-    redis.call('ZREMRANGEBYSCORE', ckey, '-inf', now)
-    if redis.call('ZCARD', ckey) == 0 then
-      local name = redis.call('HGET', base .. 'names', key)
-      redis.call('HDEL', base .. 'members', key)
-      redis.call('HDEL', base .. 'names', key)
-      redis.call('ZREM', users, key)
-      gone[#gone + 1] = room
-      gone[#gone + 1] = name or key
-    else
-      restamp(users, ckey, key)
-    end
-  end
-  if redis.call('ZCARD', users) == 0 and redis.call('HLEN', base .. 'members') == 0 then
-    redis.call('SREM', KEYS[1], room)
-  end
-end
-return gone
-"""
-
-_MEMBERS = _PRESENCE_LIB + """
--- KEYS: users, names. Returns the names of the live members.
-local out = {}
-for i, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now_ms(), '+inf')) do
-  out[i] = redis.call('HGET', KEYS[2], key) or key
-end
-return out
-"""
-
-_COUNTS = _PRESENCE_LIB + """
--- KEYS: presence rooms; ARGV: key prefix. Returns room, count, ...
-local now = now_ms()
-local out = {}
-for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local n = redis.call('ZCOUNT', ARGV[1] .. '{' .. room .. '}:users', '(' .. now, '+inf')
-  if n > 0 then out[#out + 1] = room; out[#out + 1] = n end
-end
-return out
-"""
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-class _Keys:
-    """Key names; `{room}` is a hash tag, so one room's keys share a cluster slot."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.rooms = f"{prefix}rooms"
-        # room -> its last activity (the greatest event timestamp, ms)
-        self.activity = f"{prefix}activity"
-        # set once the rooms of a version without `activity` were entered in it
-        self.activity_filled = f"{prefix}activity-filled"
-        self.presence_rooms = f"{prefix}presence-rooms"
-        # (room, epoch) of each stream started afresh, for every reader's XREAD
-        self.fresh = f"{prefix}fresh-streams"
-
-    def base(self, room: str) -> str:
-        return f"{self.prefix}{{{room}}}:"
-
-    def stream(self, room: str) -> str:
-        return self.base(room) + "stream"
-
-    def meta(self, room: str) -> str:
-        return self.base(room) + "meta"
-
-    def said(self, room: str, session: str, client_id: str) -> str:
-        return self.base(room) + f"said:{session}:{client_id}"
-
-    def members(self, room: str) -> str:
-        return self.base(room) + "members"
-
-    def users(self, room: str) -> str:
-        return self.base(room) + "users"
-
-    def names(self, room: str) -> str:
-        return self.base(room) + "names"
-
-    def conns(self, room: str, key: str) -> str:
-        return self.base(room) + f"c:{key}"
-
-    def left(self, room: str, session: str) -> str:
-        return self.base(room) + f"left:{session}"
-
-
-def _raise_for(result: int, room: str, user: str) -> None:
-    if result == -1:
-        raise NicknameTaken(room, user)
-    if result == -2:
-        raise LeftRoom(room, user)
-    if result == -3:
-        raise NotMember(room, user)
-
-
-def _unavailable(exc: Exception) -> BackendUnavailable:
-    if isinstance(exc, (OSError, RedisConnectionError, RedisTimeoutError)):
-        return BackendUnavailable(f"redis is unreachable: {exc}")
-    return BackendUnavailable(f"redis refused the request: {exc}")
-
-
-class RedisPresence:
-    def __init__(self, client: aioredis.Redis, keys: _Keys) -> None:
-        self._r = client
-        self._k = keys
-        self._touch = client.register_script(_TOUCH)
-        self._check = client.register_script(_CHECK)
-        self._release = client.register_script(_RELEASE)
-        self._leave = client.register_script(_LEAVE)
-        self._expire = client.register_script(_EXPIRE)
-        self._members = client.register_script(_MEMBERS)
-        self._counts = client.register_script(_COUNTS)
-
-    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
-
-    async def touch(
-        self, room: str, user: str, session: str, conn: str, ttl: float, rejoin: bool = False
-    ) -> bool:
-        k, key = self._k, skeleton(user)
-        result = await self._run(
-            self._touch,
-            [
-                k.members(room), k.users(room), k.conns(room, key), k.presence_rooms,
-                k.left(room, session), k.names(room),
-            ],
-            [room, key, session, conn, int(ttl * 1000), "1" if rejoin else "0", user],
-        )
-        _raise_for(result, room, user)
-        return bool(result)
-
-    async def check(self, room: str, user: str, session: str) -> None:
-        k, key = self._k, skeleton(user)
-        result = await self._run(
-            self._check,
-            [k.members(room), k.conns(room, key), k.left(room, session)],
-            [key, session],
-        )
-        _raise_for(result, room, user)
-
-    async def release(self, room: str, user: str, conn: str, linger: float) -> None:
-        k, key = self._k, skeleton(user)
-        await self._run(
-            self._release,
-            [k.users(room), k.conns(room, key)],
-            [key, conn, int(linger * 1000)],
-        )
-
-    async def leave(self, room: str, user: str, session: str) -> bool:
-        k, key = self._k, skeleton(user)
-        result = await self._run(
-            self._leave,
-            [
-                k.members(room), k.users(room), k.conns(room, key), k.left(room, session),
-                k.names(room),
-            ],
-            [key, session, int(LEFT_TTL)],
-        )
-        return bool(result)
-
-    async def expire(self) -> list[tuple[str, str]]:
-        flat = await self._run(self._expire, [self._k.presence_rooms], [self._k.prefix])
-        return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
-
-    async def members(self, room: str) -> list[str]:
-        names = await self._run(self._members, [self._k.users(room), self._k.names(room)], [])
-        return sorted(_text(n) for n in names)
-
-    async def counts(self) -> dict[str, int]:
-        flat = await self._run(self._counts, [self._k.presence_rooms], [self._k.prefix])
-        return {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
-
 
 class RedisBackend:
     shared = True
 
-    def __init__(self, url: str, retention: int = 10_000, prefix: str = "chatroom:") -> None:
+    def __init__(
+        self,
+        url: str,
+        retention: int = 10_000,
+        prefix: str = "chatroom:",
+        presence_clock: Callable[[], float] | None = None,
+    ) -> None:
         self.name = url
         self._url = url
         self._retention = retention
-        self._keys = _Keys(prefix)
+        self._keys = Keys(prefix)
         # No silent retries: a say re-sent after a lost reply could be stored twice.
         options: dict[str, Any] = {
             "retry": Retry(NoBackoff(), 0),
@@ -436,7 +170,7 @@ class RedisBackend:
         )
         self._append = self._redis.register_script(_APPEND)
         self._read = self._redis.register_script(_READ)
-        self.presence: Presence = RedisPresence(self._redis, self._keys)
+        self.presence: Presence = RedisPresence(self._redis, self._keys, presence_clock)
         self._listener: Listener | None = None
         # rooms this process watches -> the stream id read up to (once in the XREAD)
         self._watched: dict[str, str] = {}
@@ -482,7 +216,7 @@ class RedisBackend:
         try:
             await self._redis.ping()
         except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
+            raise unavailable(exc) from exc
 
     # --- writing ---------------------------------------------------------------
 
@@ -508,7 +242,7 @@ class RedisBackend:
         try:
             duplicate, data = await self._append(keys=keys, args=args)
         except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
+            raise unavailable(exc) from exc
         return Stored(Event.decode(bytes(data)), duplicate=bool(duplicate))
 
     async def append_many(self, room: str, drafts: Sequence[Draft]) -> list[Stored]:
@@ -523,7 +257,7 @@ class RedisBackend:
                     await self._append(keys=keys, args=args, client=pipe)
                 results = await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
+            raise unavailable(exc) from exc
         return [
             Stored(Event.decode(bytes(data)), duplicate=bool(duplicate))
             for duplicate, data in results
@@ -538,8 +272,8 @@ class RedisBackend:
                 keys=[k.meta(room), k.stream(room)], args=args
             )
         except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
-        return _text(epoch), bool(reset), int(oldest), int(head), [
+            raise unavailable(exc) from exc
+        return text(epoch), bool(reset), int(oldest), int(head), [
             Event.decode(bytes(r)) for r in rows
         ]
 
@@ -585,8 +319,8 @@ class RedisBackend:
         try:
             names = await self._redis.smembers(self._keys.rooms)
         except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
-        return sorted(_text(n) for n in names)
+            raise unavailable(exc) from exc
+        return sorted(text(n) for n in names)
 
     async def active_rooms(self, since: int) -> dict[str, int]:
         try:
@@ -594,8 +328,8 @@ class RedisBackend:
                 self._keys.activity, since, "+inf", withscores=True
             )
         except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
-        return {_text(room): int(score) for room, score in found}
+            raise unavailable(exc) from exc
+        return {text(room): int(score) for room, score in found}
 
     async def _fill_activity(self) -> None:
         """Once per database: enter the rooms stored before `activity` existed in it, each
@@ -604,9 +338,9 @@ class RedisBackend:
         if await self._redis.exists(k.activity_filled):
             return
         entered: list[Any] = await self._redis.zrange(k.activity, 0, -1)
-        known = {_text(r) for r in entered}
+        known = {text(r) for r in entered}
         for raw in await self._redis.smembers(k.rooms):
-            room = _text(raw)
+            room = text(raw)
             if room in known:
                 continue
             newest: Any = await self._redis.xrevrange(k.stream(room), count=1)
@@ -671,7 +405,7 @@ class RedisBackend:
             answers: list[Any] = await pipe.execute()
         if sync:
             newest = answers.pop(0)
-            self._fresh_at = _text(newest[0][0]) if newest else "0-0"
+            self._fresh_at = text(newest[0][0]) if newest else "0-0"
         for room, (raw_epoch, raw_head) in zip(pending, answers, strict=True):
             if (
                 room not in self._watched
@@ -680,7 +414,7 @@ class RedisBackend:
                 or self._start.get(room) != seen[room]
             ):
                 continue  # a read began or ended meanwhile: decide on the next pass
-            epoch = "" if raw_epoch is None else _text(raw_epoch)
+            epoch = "" if raw_epoch is None else text(raw_epoch)
             mark = self._start.pop(room, None)
             if mark is None:
                 at = int(raw_head or 0)
@@ -709,10 +443,10 @@ class RedisBackend:
             for room in rooms:
                 pipe.hget(k.meta(room), "epoch")
             newest, *epochs = await pipe.execute()
-        self._fresh_at = _text(newest[0][0]) if newest else "0-0"
+        self._fresh_at = text(newest[0][0]) if newest else "0-0"
         for room, raw in zip(rooms, epochs, strict=True):
             held = self._epochs.get(room)
-            if room in self._active and held is not None and (raw is None or _text(raw) != held):
+            if room in self._active and held is not None and (raw is None or text(raw) != held):
                 self._watched[room] = "0-0"
                 del self._epochs[room]
 
@@ -766,15 +500,15 @@ class RedisBackend:
         for key, entries in items:
             if not entries:
                 continue
-            name = _text(key)
+            name = text(key)
             if name != fresh:
                 read.append((name[prefix_len : name.rindex("}:")], entries))
                 continue
-            self._fresh_at = _text(entries[-1][0])
+            self._fresh_at = text(entries[-1][0])
             # one XREAD sees a fresh start's note and its first entries together: the
             # notes first, so that no room takes entries of a stream it is not at the
             # start of
-            newest = {_text(fields[b"r"]): _text(fields[b"e"]) for _, fields in entries}
+            newest = {text(fields[b"r"]): text(fields[b"e"]) for _, fields in entries}
             for room, epoch in newest.items():
                 held = self._epochs.get(room)
                 if (
@@ -800,7 +534,7 @@ class RedisBackend:
                 self._watched[room] = "0-0"
                 del self._epochs[room]
                 continue
-            self._watched[room] = _text(entries[-1][0])
+            self._watched[room] = text(entries[-1][0])
             self._epochs[room] = events[-1].position.epoch
             if self._listener is not None:
                 self._listener(room, events)
