@@ -1,6 +1,7 @@
 """Helpers for tests that talk to a real server over real loopback sockets."""
 
 from tests.redis_server import free_port
+from tests.support.clock import ManualClock
 from tests.support.http import (
     HasUrl,
     Login,
@@ -48,6 +49,7 @@ __all__ = [
     "HasPort",
     "HasUrl",
     "Login",
+    "ManualClock",
     "RawWebSocket",
     "SSEEvent",
     "SSEStream",
