@@ -5,7 +5,7 @@ Every test that takes `backends` runs once per backend in BACKENDS.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +46,32 @@ class Backends:
         self.path = path
         self._open: list[Backend | Broker] = []
 
-    def open(self, retention: int = 10_000) -> Backend:
+    def open(
+        self, retention: int = 10_000, presence_clock: Callable[[], float] | None = None
+    ) -> Backend:
         """Build a backend of this kind, not started. Same URL: same sqlite file."""
-        return open_backend(self.url, retention=retention)
+        return open_backend(self.url, retention=retention, presence_clock=presence_clock)
 
-    async def start(self, retention: int = 10_000, listener: Listener | None = None) -> Backend:
-        backend = self.open(retention)
+    async def start(
+        self,
+        retention: int = 10_000,
+        listener: Listener | None = None,
+        presence_clock: Callable[[], float] | None = None,
+    ) -> Backend:
+        backend = self.open(retention, presence_clock)
         if listener is not None:
             backend.set_listener(listener)
         await backend.start()
         self._open.append(backend)
         return backend
 
-    async def broker(self, retention: int = 10_000, **options: Any) -> Broker:
-        broker = Broker(self.open(retention), **options)
+    async def broker(
+        self,
+        retention: int = 10_000,
+        presence_clock: Callable[[], float] | None = None,
+        **options: Any,
+    ) -> Broker:
+        broker = Broker(self.open(retention, presence_clock), **options)
         await broker.start()
         self._open.append(broker)
         return broker

@@ -11,7 +11,7 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import orjson
 import pytest
@@ -26,7 +26,7 @@ from chatroom.core.events import Event, Position
 from chatroom.core.presence import LeftRoom, NicknameTaken, NotMember
 from chatroom.core.validation import InvalidInput
 from tests.broker.conftest import Backends
-from tests.support import eventually, present
+from tests.support import ManualClock, eventually, present
 
 ROOM = "lobby"
 OTHER_EPOCH = "zz000000"
@@ -59,6 +59,11 @@ def events_of(deliveries: Sequence[Delivery]) -> list[Event]:
     return [d for d in deliveries if isinstance(d, Event)]
 
 
+async def waiting(sub: Subscription) -> None:
+    """Until the subscriber has taken all there is and waits for news."""
+    await eventually(lambda: sub._waiter is not None, within=2.0)
+
+
 def pending(sub: Subscription) -> int:
     """How many events wait in the subscriber's queue (its memory)."""
     return len(sub._queue)
@@ -87,7 +92,7 @@ async def test_no_cursor_in_an_empty_room_gets_live_events(backends: Backends) -
     broker = await backends.broker()
     async with broker.subscribe(ROOM) as sub:
         first = asyncio.create_task(take(sub, 3))
-        await asyncio.sleep(0.01)
+        await waiting(sub)
         said = await say(broker, 3, together=False)
         assert await first == said
 
@@ -113,7 +118,7 @@ async def test_resuming_at_the_head_gets_only_what_comes_next(backends: Backends
     said = await say(broker, 3)
     async with broker.subscribe(ROOM, said[-1].position) as sub:
         consumer = asyncio.create_task(take(sub, 1))
-        await asyncio.sleep(0.01)
+        await waiting(sub)
         assert not consumer.done()
         await present(broker, ROOM, "bob", "s2")
         nxt = (await broker.say(ROOM, "bob", "s2", "next")).event
@@ -154,7 +159,7 @@ async def test_a_cursor_into_an_empty_room_is_reset_then_live(backends: Backends
         assert isinstance(got[0], Reset)
         assert got[0].oldest is None
         consumer = asyncio.create_task(take(sub, 2))
-        await asyncio.sleep(0.01)
+        await waiting(sub)
         said = await say(broker, 2, together=False)
         assert await consumer == said
 
@@ -171,7 +176,8 @@ async def test_concurrent_publishes_reach_every_subscriber_in_id_order(
     ]
     wanted = (205, 200, 205)
     consumers = [asyncio.create_task(take(s, n)) for s, n in zip(subs, wanted, strict=True)]
-    await asyncio.sleep(0.01)
+    for sub in subs:
+        await waiting(sub)
     for i in range(7):
         await present(broker, ROOM, f"user{i}", f"s{i}")
     results = await asyncio.gather(
@@ -263,7 +269,7 @@ async def test_a_waiting_subscriber_is_not_cut_off_by_a_burst(backends: Backends
     first = (await broker.say(ROOM, "alice", "s1", "first")).event
     async with broker.subscribe(ROOM, first.position) as sub:
         consumer = asyncio.create_task(take(sub, 100))
-        await asyncio.sleep(0.01)
+        await waiting(sub)
         said = await say(broker, 100)
         assert await consumer == said
     assert broker.stats.cut_off == 0
@@ -305,7 +311,7 @@ async def test_a_burst_larger_than_the_bound_reaches_a_waiting_subscriber_whole(
             if history:
                 assert await anext(sub) == before
             consumer = asyncio.create_task(take(sub, 10, within=1))
-            await asyncio.sleep(0.01)
+            await waiting(sub)
             await present(broker, ROOM, "bob", "s2")
             said = [(await broker.say(ROOM, "bob", "s2", f"m{i}")).event for i in range(10)]
             backend.flush(ROOM)  # ten at once, to a subscriber waiting for news
@@ -363,22 +369,50 @@ class Timings(TypedDict):
     reap_interval: float
 
 
-# Presence timings small enough for tests, with room for a loaded machine: the
-# heartbeat comes every 0.2 s and a connection counts 0.6 s after its last one.
-QUICK = Timings(presence_ttl=0.6, linger=0.2, reap_interval=0.05)
+# Presence on a clock the test moves (ManualClock): the reaper and the heartbeat loops
+# do not come round within a test (an hour, and 10 s, apart); the test runs their
+# rounds itself (broker.presence.reap(), .beat()) when it wants them.
+TTL = 30.0
+LINGER = 5.0
+STILL = Timings(presence_ttl=TTL, linger=LINGER, reap_interval=3600.0)
 
 
-async def stored_becomes(broker: Broker, expected: list[tuple[str, str]]) -> None:
-    """Wait until the room's stored events are `expected`."""
+async def on_clock(backends: Backends) -> tuple[Broker, ManualClock]:
+    clock = ManualClock()
+    return await backends.broker(presence_clock=clock, **STILL), clock
 
-    async def holds() -> bool:
-        return await stored(broker) == expected
 
-    await eventually(holds, within=2.0)
+async def test_the_heartbeat_and_the_reaper_come_round_on_their_own(
+    backends: Backends,
+) -> None:
+    """The one presence test on real time: the loops run beat() and reap() by
+    themselves. A socket outlives three ttls by its heartbeat; closed, it is reported
+    gone after its linger."""
+    broker = await backends.broker(presence_ttl=0.3, linger=0.1, reap_interval=0.05)
+    touches = 0
+    touch = broker.backend.presence.touch
+
+    async def counted(*args: Any, **kwargs: Any) -> bool:
+        nonlocal touches
+        touches += 1
+        return await touch(*args, **kwargs)
+
+    broker.backend.presence.touch = counted  # type: ignore[method-assign]
+    await broker.connect(ROOM, "alice", "s1", "tab")
+    await eventually(lambda: touches >= 10, within=5)  # 9 beats: three ttls
+    assert await broker.members(ROOM) == ["alice"]
+    assert await stored(broker) == [("join", "alice")]
+    await broker.disconnect("tab")
+
+    async def left() -> bool:
+        return await stored(broker) == [("join", "alice"), ("leave", "alice")]
+
+    await eventually(left, within=2)
+    assert await broker.members(ROOM) == []
 
 
 async def test_join_on_first_connection_only(backends: Backends) -> None:
-    broker = await backends.broker(**QUICK)
+    broker, _ = await on_clock(backends)
     await broker.connect(ROOM, "alice", "s1", "tab1")
     await broker.connect(ROOM, "alice", "s1", "tab2")  # a second tab
     await broker.keep_present(ROOM, "alice", "s1")  # and a poller of the same session
@@ -390,22 +424,32 @@ async def test_join_on_first_connection_only(backends: Backends) -> None:
 
 
 async def test_leave_after_the_last_connection_and_the_linger(backends: Backends) -> None:
-    broker = await backends.broker(**QUICK)
+    broker, clock = await on_clock(backends)
     await broker.connect(ROOM, "alice", "s1", "tab1")
     await broker.connect(ROOM, "alice", "s1", "tab2")
     await broker.disconnect("tab1")
-    await asyncio.sleep(0.8)  # longer than the ttl: the heartbeat keeps tab2 present
+    # longer than the ttl: the heartbeat keeps tab2 present
+    for _ in range(3):
+        clock.advance(TTL / 2)
+        await broker.presence.beat()
+        await broker.presence.reap()
     assert await stored(broker) == [("join", "alice")]
     assert await broker.members(ROOM) == ["alice"]
 
     await broker.disconnect("tab2")
+    clock.advance(LINGER - 1)
+    await broker.presence.reap()
     assert await broker.members(ROOM) == ["alice"]  # lingering: a reload is no leave
     assert await stored(broker) == [("join", "alice")]
-    await stored_becomes(broker, [("join", "alice"), ("leave", "alice")])
+    clock.advance(1)
+    await broker.presence.reap()
+    assert await stored(broker) == [("join", "alice"), ("leave", "alice")]
     assert await broker.members(ROOM) == []
     assert await broker.rooms() == [(ROOM, 0)]
     await broker.disconnect("tab2")  # twice is harmless
-    await asyncio.sleep(0.1)
+    clock.advance(TTL)
+    await broker.presence.beat()
+    await broker.presence.reap()
     assert await stored(broker) == [("join", "alice"), ("leave", "alice")]
 
 
@@ -445,28 +489,33 @@ async def test_rooms_lists_live_and_recent_rooms_busiest_first(backends: Backend
 async def test_a_reconnect_within_the_linger_is_neither_leave_nor_join(
     backends: Backends,
 ) -> None:
-    broker = await backends.broker(**QUICK)
+    broker, clock = await on_clock(backends)
     await broker.connect(ROOM, "alice", "s1", "tab1")
     await broker.disconnect("tab1")
+    clock.advance(LINGER / 2)
     await broker.connect(ROOM, "alice", "s1", "tab1-reloaded")
-    await asyncio.sleep(0.4)  # past the linger of the closed one
+    clock.advance(LINGER)  # past the linger of the closed one
+    await broker.presence.reap()
     assert await stored(broker) == [("join", "alice")]
     assert await broker.members(ROOM) == ["alice"]
 
 
 async def test_a_poller_leaves_when_it_stops_polling(backends: Backends) -> None:
-    broker = await backends.broker(**QUICK)
+    broker, clock = await on_clock(backends)
     await broker.keep_present(ROOM, "alice", "s1")
-    await asyncio.sleep(0.3)
-    await broker.keep_present(ROOM, "alice", "s1")  # keeps it present 0.6 s from now
-    await asyncio.sleep(0.4)  # past the first poll's 0.6 s
+    clock.advance(TTL / 2)
+    await broker.keep_present(ROOM, "alice", "s1")  # keeps it present a ttl from now
+    clock.advance(TTL - 1)  # past the first poll's ttl
+    await broker.presence.reap()
     assert await broker.members(ROOM) == ["alice"]
     assert await stored(broker) == [("join", "alice")]
-    await stored_becomes(broker, [("join", "alice"), ("leave", "alice")])
+    clock.advance(1)
+    await broker.presence.reap()
+    assert await stored(broker) == [("join", "alice"), ("leave", "alice")]
 
 
 async def test_a_nickname_is_refused_to_another_session(backends: Backends) -> None:
-    broker = await backends.broker(**QUICK)
+    broker, _ = await on_clock(backends)
     await broker.claim(ROOM, "alice", "s1")
     with pytest.raises(NicknameTaken, match="alice"):
         await broker.claim(ROOM, "alice", "s2")
@@ -485,7 +534,7 @@ async def test_a_nickname_is_refused_to_another_session(backends: Backends) -> N
 async def test_leave_ends_the_member_and_its_subscriptions_in_that_room(
     backends: Backends,
 ) -> None:
-    broker = await backends.broker(**QUICK)
+    broker, _ = await on_clock(backends)
     await broker.connect(ROOM, "alice", "s1", "a1")
     await broker.connect(ROOM, "bob", "s2", "b1")
     await broker.connect("kitchen", "alice", "s1", "a2")
@@ -519,19 +568,20 @@ async def test_after_leave_a_socket_still_open_does_not_bring_the_member_back(
 ) -> None:
     """The leave button on a page whose socket closes a moment later: the heartbeat
     in between must not make the member present again (silently, then a second leave)."""
-    broker = await backends.broker(**QUICK)
+    broker, clock = await on_clock(backends)
     await broker.connect(ROOM, "alice", "s1", "tab")
     await broker.leave(ROOM, "alice", "s1")
-    await asyncio.sleep(0.3)  # a heartbeat comes before the socket's handler ends
+    await broker.presence.beat()  # a heartbeat comes before the socket's handler ends
     assert await broker.members(ROOM) == []
     await broker.disconnect("tab")
-    await asyncio.sleep(0.4)  # past the linger and a reaping
+    clock.advance(LINGER)  # past the linger and a reaping
+    await broker.presence.reap()
     assert await stored(broker) == [("join", "alice"), ("leave", "alice")]
     assert await broker.members(ROOM) == []
 
 
 async def test_only_a_member_of_the_room_may_speak_there(backends: Backends) -> None:
-    broker = await backends.broker(**QUICK)
+    broker, clock = await on_clock(backends)
     drafts = [broker.draft("alice", "s1", "hi")]
     with pytest.raises(NotMember, match="welcome page"):
         await broker.say(ROOM, "alice", "s1", "hi")  # never entered: no join, no presence
@@ -553,7 +603,10 @@ async def test_only_a_member_of_the_room_may_speak_there(backends: Backends) -> 
         await broker.say(ROOM, "alice", "s2", "me too")
 
     # her presence ran out (no poll, no socket): she may not speak until she is back
-    await stored_becomes(broker, [*await stored(broker), ("leave", "alice")])
+    before = await stored(broker)
+    clock.advance(TTL)
+    await broker.presence.reap()
+    assert await stored(broker) == [*before, ("leave", "alice")]
     with pytest.raises(NotMember):
         await broker.say(ROOM, "alice", "s1", "still here?")
     await broker.keep_present(ROOM, "alice", "s1")
@@ -572,7 +625,7 @@ async def test_another_session_of_the_same_name_cannot_undo_a_leave(
 ) -> None:
     """A session that got the same nickname in another room (/demo) posts Leave to the
     room of the one that left: nothing is stored, and the one that left stays out."""
-    broker = await backends.broker(**QUICK)
+    broker, _ = await on_clock(backends)
     await broker.claim(ROOM, "alice", "s1")
     await broker.leave(ROOM, "alice", "s1")
     await broker.claim("kitchen", "alice", "s2")
@@ -593,7 +646,7 @@ async def test_another_session_of_the_same_name_cannot_undo_a_leave(
 
 
 async def test_a_look_alike_of_a_live_nickname_is_refused(backends: Backends) -> None:
-    broker = await backends.broker(**QUICK)
+    broker, _ = await on_clock(backends)
     await broker.claim(ROOM, "victim", "s1")
     for i, other in enumerate(["Victim", "v\u0456ctim", "\uff56\uff49\uff43\uff54\uff49\uff4d"]):
         with pytest.raises(NicknameTaken):
@@ -621,7 +674,8 @@ async def test_close_ends_every_subscription(backends: Backends) -> None:
         return sum([len(batch) async for batch in sub])
 
     drains = [asyncio.create_task(drain(sub)) for sub in subs]
-    await asyncio.sleep(0.05)
+    for sub in subs:
+        await waiting(sub)
     assert not any(d.done() for d in drains)
     await broker.close()
     counts = await asyncio.wait_for(asyncio.gather(*drains), 1)
@@ -659,13 +713,12 @@ async def test_say_refuses_bad_input_and_stores_nothing(
     broker = await backends.broker()
     async with broker.subscribe(ROOM) as sub:
         watcher = asyncio.create_task(take(sub, 1))
-        await asyncio.sleep(0.01)
+        await waiting(sub)
         with pytest.raises(InvalidInput) as caught:
             await broker.say(ROOM, "alice", "s1", text, client_id)
         assert caught.value.field == field_name
         assert await broker.backend.rooms() == []
         assert broker.stats.published == 0
-        await asyncio.sleep(0.02)
         assert not watcher.done()
         # and the room carries on: the next good say is event 1
         await present(broker, ROOM, "alice", "s1")
@@ -678,7 +731,7 @@ async def test_say_trims_and_is_idempotent_per_client_id(backends: Backends) -> 
     broker = await backends.broker()
     async with broker.subscribe(ROOM) as sub:
         watcher = asyncio.create_task(take(sub, 2))
-        await asyncio.sleep(0.01)
+        await waiting(sub)
         await present(broker, ROOM, "alice", "s1")
         first = await broker.say(ROOM, "alice", "s1", "  hello  ", "c-1")
         retry = await broker.say(ROOM, "alice", "s1", "hello", "c-1")
@@ -848,10 +901,9 @@ async def test_any_interleaving_delivers_exactly_what_follows_each_cursor(
     await publish(1, False)  # so every client has something to reach
 
     try:
-        deadline = time.monotonic() + 3
-        while not all(c.position(world.epoch) == world.head for c in clients):
-            assert time.monotonic() < deadline, "a client never reached the head"
-            await asyncio.sleep(0.005)
+        await eventually(
+            lambda: all(c.position(world.epoch) == world.head for c in clients), within=3
+        )
     finally:
         for task in tasks:
             task.cancel()

@@ -19,6 +19,7 @@ from chatroom.core.events import Event, EventType, Position, parse_cursor
 from chatroom.core.presence import LeftRoom, NicknameTaken, NotMember
 from tests.broker.conftest import Backends
 from tests.broker.helpers import ROOM, TS, fill, msg, offsets
+from tests.support import ManualClock, eventually
 
 # --- append ---------------------------------------------------------------------------
 
@@ -210,10 +211,7 @@ async def test_append_many_stores_in_order_as_append_would(backends: Backends) -
     page = await backend.read_after(ROOM, None, 10)
     assert [e.text for e in page.events] == ["before", "a", "b", "c"]
     # the listener sees each stored event once, in order (however it is batched)
-    for _ in range(100):
-        if sum(map(len, calls)) >= 4:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: sum(map(len, calls)) >= 4, within=1)
     assert [e.text for batch in calls for e in batch] == ["before", "a", "b", "c"]
     assert await backend.append_many(ROOM, []) == []
 
@@ -429,10 +427,10 @@ async def test_listener_gets_every_stored_event_once_in_order(backends: Backends
             stored[room].append(result.event)
     assert sum(r.duplicate for r in results) > 0
 
-    for _ in range(100):
-        if sum(len(events) for _, events in calls) >= sum(map(len, stored.values())):
-            break
-        await asyncio.sleep(0.01)
+    await eventually(
+        lambda: sum(len(events) for _, events in calls) >= sum(map(len, stored.values())),
+        within=1,
+    )
     for room in ("a", "b"):
         seen = [e for r, events in calls if r == room for e in events]
         assert seen == sorted(stored[room], key=lambda e: e.offset)
@@ -477,7 +475,8 @@ async def test_presence_leave(backends: Backends) -> None:
 
 
 async def test_presence_release_lingers_then_expires(backends: Backends) -> None:
-    presence = (await backends.start()).presence
+    clock = ManualClock()
+    presence = (await backends.start(presence_clock=clock)).presence
     await presence.touch(ROOM, "alice", "s1", "c1", 5)
     await presence.touch(ROOM, "alice", "s1", "c2", 5)
     await presence.touch(ROOM, "bob", "s2", "c3", 0.3)
@@ -485,7 +484,10 @@ async def test_presence_release_lingers_then_expires(backends: Backends) -> None
     await presence.release(ROOM, "alice", "c2", 0.3)
     assert await presence.members(ROOM) == ["alice", "bob"]
     assert await presence.expire() == []
-    await asyncio.sleep(0.5)
+    clock.advance(0.25)
+    assert await presence.members(ROOM) == ["alice", "bob"]
+    assert await presence.expire() == []
+    clock.advance(0.25)
     assert await presence.members(ROOM) == []
     assert sorted(await presence.expire()) == [(ROOM, "alice"), (ROOM, "bob")]
     assert await presence.expire() == []
@@ -496,10 +498,11 @@ async def test_presence_release_lingers_then_expires(backends: Backends) -> None
 async def test_presence_joins_and_leaves_come_in_pairs(backends: Backends) -> None:
     """A member whose presence ran out but whom expire() has not reported yet never
     left in the room's eyes: its return is no second join, its leave is still one."""
-    presence = (await backends.start()).presence
-    assert await presence.touch(ROOM, "alice", "s1", "poll", 0.1) is True
-    assert await presence.touch(ROOM, "bob", "s2", "poll", 0.1) is True
-    await asyncio.sleep(0.2)  # both ran out; nobody reaped them
+    clock = ManualClock()
+    presence = (await backends.start(presence_clock=clock)).presence
+    assert await presence.touch(ROOM, "alice", "s1", "poll", 0.5) is True
+    assert await presence.touch(ROOM, "bob", "s2", "poll", 0.5) is True
+    clock.advance(1)  # both ran out; nobody reaped them
     assert await presence.touch(ROOM, "alice", "s1", "poll", 5) is False
     assert await presence.leave(ROOM, "bob", "s2") is True
     assert await presence.expire() == []
@@ -570,15 +573,16 @@ async def test_presence_a_leave_from_another_session_removes_no_one(
 
 
 async def test_presence_check_lets_only_a_live_member_speak(backends: Backends) -> None:
-    presence = (await backends.start()).presence
+    clock = ManualClock()
+    presence = (await backends.start(presence_clock=clock)).presence
     with pytest.raises(NotMember):
         await presence.check(ROOM, "alice", "s1")  # never entered
     assert await presence.touch("kitchen", "alice", "s1", "ws", 5) is True
     with pytest.raises(NotMember):
         await presence.check(ROOM, "alice", "s1")  # a member elsewhere only
-    assert await presence.touch(ROOM, "alice", "s1", "poll", 0.2) is True
+    assert await presence.touch(ROOM, "alice", "s1", "poll", 0.5) is True
     await presence.check(ROOM, "alice", "s1")
-    await asyncio.sleep(0.4)
+    clock.advance(0.5)
     # ran out, not reaped yet: listed by no one, and not live
     assert await presence.members(ROOM) == []
     with pytest.raises(NotMember):
@@ -600,7 +604,8 @@ async def test_presence_check_lets_only_a_live_member_speak(backends: Backends) 
 
 
 async def test_presence_look_alike_nicknames_are_one_name(backends: Backends) -> None:
-    presence = (await backends.start()).presence
+    clock = ManualClock()
+    presence = (await backends.start(presence_clock=clock)).presence
     assert await presence.touch(ROOM, "victim", "s1", "ws", 5) is True
     look_alikes = ["Victim", "VICTIM", "v\u0456ctim", "\uff56\uff49\uff43\uff54\uff49\uff4d"]
     for i, other in enumerate(look_alikes):
@@ -620,9 +625,9 @@ async def test_presence_look_alike_nicknames_are_one_name(backends: Backends) ->
     assert await presence.touch(ROOM, "Victim", "s1", "poll", 5, rejoin=True) is False
     assert await presence.members(ROOM) == ["Victim"]
     # leave and expiry report the name shown
-    await presence.release(ROOM, "victim", "ws", 0.1)
-    await presence.release(ROOM, "Victim", "poll", 0.1)
-    await asyncio.sleep(0.3)
+    await presence.release(ROOM, "victim", "ws", 0.25)
+    await presence.release(ROOM, "Victim", "poll", 0.25)
+    clock.advance(0.25)
     assert await presence.expire() == [(ROOM, "Victim")]
     # and the name is free, for any spelling of it
     assert await presence.touch(ROOM, "v\u0456ctim", "s2", "ws", 5) is True

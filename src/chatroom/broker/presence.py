@@ -114,14 +114,41 @@ class PresenceService:
             await self._announce(room, "leave", user)
         self._hub.end_session(room, session)
 
+    async def reap(self) -> None:
+        """One round of the reaper: report the members whose presence ran out."""
+        for room, user in await self.backend.presence.expire():
+            await self._announce(room, "leave", user)
 
+    async def beat(self) -> None:
+        """One round of the heartbeat: each open socket keeps its user present."""
+        for conn, (room, user, session) in list(self._sockets.items()):
+            if conn not in self._sockets:
+                continue  # closed while this round ran
+            try:
+                joined = await self.backend.presence.touch(
+                    room, user, session, conn, self.presence_ttl
+                )
+            except (LeftRoom, NicknameTaken):
+                # It pressed Leave on another node, or its presence lapsed (a long stall)
+                # and another session took the name: end its subscriptions here too.
+                self._sockets.pop(conn, None)
+                self._hub.end_session(room, session)
+                continue
+            except Exception as exc:
+                if cancel_requested():
+                    raise asyncio.CancelledError from exc
+                self._problems.warning("heartbeat", "presence heartbeat failed: %s", exc)
+                continue
+            self._problems.recovered("heartbeat", "presence heartbeat works again")
+            if joined:
+                # It had lapsed and been reported gone (e.g. Redis lost it): back again.
+                await self._announce(room, "join", user)
 
     async def _reaper(self) -> None:
         while not cancel_requested():
             await asyncio.sleep(self.reap_interval)
             try:
-                for room, user in await self.backend.presence.expire():
-                    await self._announce(room, "leave", user)
+                await self.reap()
             except Exception as exc:
                 if cancel_requested():
                     raise asyncio.CancelledError from exc
@@ -132,29 +159,4 @@ class PresenceService:
     async def _heartbeat(self) -> None:
         while not cancel_requested():
             await asyncio.sleep(self.presence_ttl / 3)
-            for conn, (room, user, session) in list(self._sockets.items()):
-                if conn not in self._sockets:
-                    continue  # closed while this round ran
-                try:
-                    joined = await self.backend.presence.touch(
-                        room, user, session, conn, self.presence_ttl
-                    )
-                except LeftRoom:
-                    # It pressed Leave on another node: end its subscriptions here too.
-                    self._sockets.pop(conn, None)
-                    self._hub.end_session(room, session)
-                    continue
-                except NicknameTaken:
-                    # Its presence lapsed (a long stall) and another session took the name.
-                    self._sockets.pop(conn, None)
-                    self._hub.end_session(room, session)
-                    continue
-                except Exception as exc:
-                    if cancel_requested():
-                        raise asyncio.CancelledError from exc
-                    self._problems.warning("heartbeat", "presence heartbeat failed: %s", exc)
-                    continue
-                self._problems.recovered("heartbeat", "presence heartbeat works again")
-                if joined:
-                    # It had lapsed and been reported gone (e.g. Redis lost it): back again.
-                    await self._announce(room, "join", user)
+            await self.beat()
