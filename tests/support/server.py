@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 
 from chatroom.app import create_app
-from chatroom.broker import Backend, Broker
+from chatroom.broker import Backend, Broker, open_backend
 from chatroom.config import Settings
 from chatroom.web.server import GuardedRunner, listen
 from chatroom.web.state import Chat, chat_key
@@ -67,13 +67,27 @@ class Server:
 
 
 async def start_server(
-    backend_url: str = "memory://", backend: Backend | None = None, **overrides: Any
+    backend_url: str = "memory://",
+    backend: Backend | None = None,
+    presence_clock: Callable[[], float] | None = None,
+    **overrides: Any,
 ) -> Server:
-    """Serve the app on 127.0.0.1 on a free port."""
+    """Serve the app on 127.0.0.1 on a free port.
+
+    With a presence_clock (a ManualClock), presence expiries count on it and the loops
+    of the presence service are stopped: the test moves the clock and runs their rounds
+    itself (server.broker.presence.reap(), .beat()).
+    """
     settings = Settings(backend=backend_url, secret=SECRET, port=0, **overrides)
+    if presence_clock is not None and backend is None:
+        backend = open_backend(
+            backend_url, retention=settings.retention, presence_clock=presence_clock
+        )
     app = create_app(settings, backend=backend)
     runner = GuardedRunner(app, settings, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
+    if presence_clock is not None:
+        await app[chat_key].broker.presence.stop()
     _, port = await listen(runner, "127.0.0.1", 0)
     return Server(f"http://127.0.0.1:{port}", app, runner, port)
 

@@ -14,6 +14,7 @@ from tests.support import (
     Login,
     Server,
     SSEStream,
+    eventually,
     history,
     login,
     new_client,
@@ -74,7 +75,7 @@ async def refresh_page(client: aiohttp.ClientSession, server: Server) -> str:
 async def test_websocket_say_reaches_longpoll_sse_and_refresh(server: Server) -> None:
     async with four_people(server) as room:
         parked = asyncio.create_task(poll(room.lp_client, server, last=room.head))
-        await asyncio.sleep(0.1)
+        await eventually(lambda: server.chat.connections["longpolling"] == 1)
         await room.ws.send_json({"text": "hello from ws", "client_id": "w1"})
         frames = await ws_until(room.ws, lambda fs: any(f.get("type") == "ack" for f in fs))
         ack = next(f for f in frames if f["type"] == "ack")

@@ -10,7 +10,9 @@ import aiohttp
 import pytest
 
 from tests.support import (
+    ManualClock,
     Server,
+    eventually,
     history,
     login,
     new_client,
@@ -87,7 +89,7 @@ async def test_a_parked_poll_is_answered_by_a_new_message_quickly(
         bob = await login(other, server, "bob")
         head = (await history(client, server))[-1]["id"]
         parked = asyncio.create_task(poll(client, server, last=head))
-        await asyncio.sleep(0.3)
+        await eventually(lambda: server.chat.connections["longpolling"] == 1)
         assert not parked.done()
         async with asyncio.timeout(2):
             said = await say_lp(other, server, bob.csrf, "wake up")
@@ -263,16 +265,20 @@ async def test_no_session_401(server: Server, client: aiohttp.ClientSession) -> 
 
 
 async def test_poll_keeps_the_poller_present(tmp_path: Path) -> None:
-    async with serving(tmp_path, presence_ttl=0.6, longpoll_timeout=0.1) as server:
-        server.broker.presence.reap_interval = 0.1
+    clock = ManualClock()
+    async with serving(tmp_path, presence_clock=clock, longpoll_timeout=0.1) as server:
+        presence = server.broker.presence
         async with new_client() as client:
             await login(client, server, "alice")
+            # eight polls, each half a lease after the last: four leases in all
             for _ in range(8):
                 await poll(client, server, last=(await history(client, server))[-1]["id"])
-                await asyncio.sleep(0.05)
+                clock.advance(presence.presence_ttl / 2)
+                await presence.reap()
             async with client.get(f"{server.url}/api/rooms/lobby/presence") as response:
                 assert (await response.json())["members"] == ["alice"]
             # stop polling: the lease runs out and a leave is published
-            await asyncio.sleep(1.6)
+            clock.advance(presence.presence_ttl / 2)
+            await presence.reap()
             kinds = [e["type"] for e in await history(client, server)]
     assert kinds == ["join", "leave"]

@@ -428,12 +428,14 @@ async def test_what_a_socket_said_before_it_closed_is_stored(tmp_path: Path) -> 
             for i in range(100):
                 await ws.send_json({"text": f"last words {i}", "client_id": f"w{i}"})
         # closed at once, before most answers came: still, every message is kept, in order
-        async with asyncio.timeout(5):
-            while True:
-                stored = [e for e in await history(client, server) if e["type"] == "message"]
-                if len(stored) >= 100:
-                    break
-                await asyncio.sleep(0.05)
+        stored: list[dict[str, Any]] = []
+
+        async def all_kept() -> bool:
+            nonlocal stored
+            stored = [e for e in await history(client, server) if e["type"] == "message"]
+            return len(stored) >= 100
+
+        await eventually(all_kept, within=5)
         assert [e["text"] for e in stored] == [f"last words {i}" for i in range(100)]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.support import (
+    ManualClock,
     Server,
     eventually,
     history,
@@ -34,41 +35,57 @@ async def kinds(client: aiohttp.ClientSession, server: Server) -> list[tuple[str
 
 
 async def test_two_sockets_one_join_and_leave_after_the_last_closes(tmp_path: Path) -> None:
-    async with serving(tmp_path, presence_ttl=0.6) as server, new_client() as client:
-        server.broker.presence.linger = 0.1
-        server.broker.presence.reap_interval = 0.1
+    clock = ManualClock()
+    async with serving(tmp_path, presence_clock=clock) as server, new_client() as client:
+        presence = server.broker.presence
         await login(client, server, "alice", demo="websocket")
         async with open_ws(client, server) as first:
             async with open_ws(client, server) as second:
                 await ws_until(second, lambda fs: len(fs) >= 1)
                 await ws_until(first, lambda fs: len(fs) >= 1)
-                # the page's poll lease runs out; the sockets keep alice present
-                await asyncio.sleep(1.5)
+                # the page's poll lease runs out; the sockets' heartbeats keep alice
+                for _ in range(3):
+                    clock.advance(presence.presence_ttl / 2)
+                    await presence.beat()
+                await presence.reap()
                 assert await members(client, server) == ["alice"]
-            await asyncio.sleep(1.2)
+            await eventually(lambda: presence.sockets() == 1)
+            clock.advance(presence.presence_ttl / 2)
+            await presence.beat()
+            await presence.reap()
             # one socket left: still present, no leave
             assert await members(client, server) == ["alice"]
             assert await kinds(client, server) == [("join", "alice")]
-        # the last one closed: after linger and a reaper pass, one leave
-
-        async def nobody() -> bool:
-            return await members(client, server) == []
-
-        await eventually(nobody, within=3)
-        await asyncio.sleep(0.3)
+        # the last one closed: it lingers, then a reaper round reports one leave
+        await eventually(lambda: presence.sockets() == 0)
+        await presence.reap()
+        assert await members(client, server) == ["alice"]
+        clock.advance(presence.linger)
+        await presence.reap()
+        assert await members(client, server) == []
         assert await kinds(client, server) == [("join", "alice"), ("leave", "alice")]
 
 
 async def test_a_reconnect_within_linger_is_no_leave(tmp_path: Path) -> None:
-    async with serving(tmp_path, presence_ttl=0.5) as server, new_client() as client:
-        server.broker.presence.linger = 0.8
-        server.broker.presence.reap_interval = 0.1
+    clock = ManualClock()
+    async with serving(tmp_path, presence_clock=clock) as server, new_client() as client:
+        presence = server.broker.presence
         await login(client, server, "alice", demo="websocket")
+        # the page's poll lease runs out while the sockets come and go; each closed
+        # socket lingers until the next one opens
         for _ in range(3):
             async with open_ws(client, server) as ws:
                 await ws_until(ws, lambda fs: len(fs) >= 1)
-                await asyncio.sleep(0.6)
+                clock.advance(presence.presence_ttl / 2)
+                await presence.beat()
+            await eventually(lambda: presence.sockets() == 0)
+            clock.advance(presence.linger / 2)
+            await presence.reap()
+        assert await members(client, server) == ["alice"]
         assert await kinds(client, server) == [("join", "alice")]
+        clock.advance(presence.linger)
+        await presence.reap()
+        assert await kinds(client, server) == [("join", "alice"), ("leave", "alice")]
 
 
 async def test_presence_and_rooms_list_members(

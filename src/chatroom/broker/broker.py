@@ -72,7 +72,8 @@ class Broker:
         )
         # seconds a room without members stays listed after its last event
         self.room_idle = room_idle
-        self._wall = wall_clock
+        # the time events are stamped with, and rooms aged by (seconds)
+        self.wall_clock = wall_clock
         self._problems = Throttled(log)
         # the presence service's and the hub's API, as the transports call it
         self.claim = self.presence.claim
@@ -112,7 +113,7 @@ class Broker:
     # --- publishing ------------------------------------------------------------
 
     def _now_ms(self) -> int:
-        return int(self._wall() * 1000)
+        return int(self.wall_clock() * 1000)
 
     async def say(
         self, room: str, user: str, session: str, text: object, client_id: object = None

@@ -58,6 +58,10 @@ class PresenceService:
         await stop_tasks(self._tasks)
         self._tasks = []
 
+    def sockets(self) -> int:
+        """How many open sockets of this node keep their users present."""
+        return len(self._sockets)
+
     async def members(self, room: str) -> list[str]:
         return await self.backend.presence.members(room)
 
