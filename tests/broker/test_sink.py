@@ -237,7 +237,7 @@ async def test_a_sink_whose_write_fails_ends_only_that_subscription(backends: Ba
     other = broker.subscribe(ROOM, sub.cursor)
     other.set_sink(healthy, "sse")
     other_consumer = asyncio.create_task(consume(other, healthy))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: other._parked, within=2.0)
     said = await broker.say(ROOM, "alice", "s1", "still delivered")
     with pytest.raises(ConnectionResetError, match="write failed"):
         await asyncio.wait_for(consumer, 3)

@@ -20,6 +20,7 @@ from tests.cluster.nodes import (
     say_lp_status,
 )
 from tests.redis_server import RedisServer
+from tests.support import eventually
 
 pytestmark = pytest.mark.redis
 
@@ -29,11 +30,10 @@ REFUSED = 6
 
 
 async def wait_status(http: aiohttp.ClientSession, node: Node, want: int, within: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while (status := await ready_status(http, node)) != want:
-        assert loop.time() < deadline, f"{node.name} /readyz is {status}, not {want}"
-        await asyncio.sleep(0.1)
+    async def answers() -> bool:
+        return await ready_status(http, node) == want
+
+    await eventually(answers, within, step=0.1, why=lambda: f"{node.name} /readyz is not {want}")
 
 
 async def test_redis_outage_refuses_says_keeps_sockets_and_recovers(
@@ -120,8 +120,4 @@ async def test_redis_outage_is_logged_once_not_per_request(
 
 
 async def wait_log(node: Node, text: str, within: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while text not in node.log():
-        assert loop.time() < deadline, f"{node.name} never logged {text!r}:\n{node.log()}"
-        await asyncio.sleep(0.1)
+    await eventually(lambda: text in node.log(), within, step=0.1, why=node.log)

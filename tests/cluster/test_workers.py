@@ -22,6 +22,7 @@ from tests.cluster.nodes import (
     wait_ready,
 )
 from tests.redis_server import free_port
+from tests.support import eventually
 
 ROOM = "workers"
 _WS_GAUGE = re.compile(r'^chatroom_connections\{technique="websocket"\} (\S+)$', re.M)
@@ -30,17 +31,14 @@ _WS_GAUGE = re.compile(r'^chatroom_connections\{technique="websocket"\} (\S+)$',
 @pytest.mark.redis
 async def test_two_workers_share_one_port_and_one_chat(cluster: Cluster) -> None:
     (node,) = await cluster.start(1, workers=2)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while len(workers := node.children()) < 2:
-        assert loop.time() < deadline, f"workers: {workers}\n{node.log()}"
-        await asyncio.sleep(0.1)
+    await eventually(lambda: len(node.children()) >= 2, within=10, why=node.log)
+    workers = node.children()
     assert len(workers) == 2
     assert node.pid not in workers
     # both must listen before connections can reach both
-    while node.log().count("chatroom serving on") < 2:
-        assert loop.time() < deadline, f"workers not serving:\n{node.log()}"
-        await asyncio.sleep(0.1)
+    await eventually(
+        lambda: node.log().count("chatroom serving on") >= 2, within=10, why=node.log
+    )
     async with new_client() as alice, new_client() as bob:
         await login(alice, node, "alice", ROOM, "websocket")
         page = await login(bob, node, "bob", ROOM)
@@ -73,10 +71,13 @@ async def test_two_workers_share_one_port_and_one_chat(cluster: Cluster) -> None
 
     # a worker that dies is replaced, and the port keeps answering
     os.kill(workers[0], signal.SIGKILL)
-    deadline = loop.time() + 15
-    while not ((now := node.children()) and len(now) == 2 and workers[0] not in now):
-        assert loop.time() < deadline, f"no new worker: {now}\n{node.log()}"
-        await asyncio.sleep(0.1)
+
+    def replaced() -> bool:
+        now = node.children()
+        return len(now) == 2 and workers[0] not in now
+
+    await eventually(replaced, within=15, why=lambda: f"{node.children()}\n{node.log()}")
+    now = node.children()
     await wait_ready(node)
     assert f"worker {workers[0]} exited" in node.log()
 

@@ -124,9 +124,13 @@ def new_client() -> aiohttp.ClientSession:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool] | bool], within: float = 5.0, step: float = 0.01
+    check: Callable[[], Awaitable[bool] | bool],
+    within: float = 5.0,
+    step: float = 0.01,
+    why: Callable[[], str] | None = None,
 ) -> None:
-    """Wait until check() (sync or async) is true; fail after `within` seconds."""
+    """Wait until check() (sync or async) is true; fail after `within` seconds, saying
+    why() if given (a log, the state seen)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:
@@ -136,5 +140,6 @@ async def eventually(
         if result:
             return
         if loop.time() > deadline:
-            raise AssertionError(f"not true within {within} s: {check}")
+            said = f": {why()}" if why is not None else ""
+            raise AssertionError(f"not true within {within} s: {check}{said}")
         await asyncio.sleep(step)
