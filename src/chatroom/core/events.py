@@ -116,6 +116,7 @@ class Event:
         timestamp: int,
         text: str | None = None,
     ) -> Event:
+        """A new event, encoded now, once."""
         wire: dict[str, Any] = {
             "id": str(position),
             "room": room,
@@ -125,24 +126,7 @@ class Event:
         if text is not None:
             wire["text"] = text
         wire["timestamp"] = timestamp
-        return cls.encoded(room, position, type, user, timestamp, text, orjson.dumps(wire))
-
-    @classmethod
-    def encoded(
-        cls,
-        room: str,
-        position: Position,
-        type: EventType,
-        user: str,
-        timestamp: int,
-        text: str | None,
-        data: bytes,
-    ) -> Event:
-        """The event with `data` as its wire encoding and every framing of it made now."""
-        sse = sse_frame(position, data)
-        return cls(
-            room, position, type, user, timestamp, text, data, sse, ws_frame(data), sse_chunk(sse)
-        )
+        return cls(room, position, type, user, timestamp, text).encoded(orjson.dumps(wire))
 
     @classmethod
     def decode(cls, data: bytes) -> Event:
@@ -151,9 +135,18 @@ class Event:
         position = parse_cursor(wire["id"])
         if position is None:
             raise ValueError(f"stored event has a malformed id: {wire['id']!r}")
-        return cls.encoded(
+        event = cls(
             wire["room"], position, wire["type"], wire["user"], wire["timestamp"],
-            wire.get("text"), data,
+            wire.get("text"),
+        )
+        return event.encoded(data)
+
+    def encoded(self, data: bytes) -> Event:
+        """This event with `data` as its wire encoding and every framing of it made now."""
+        sse = sse_frame(self.position, data)
+        return Event(
+            self.room, self.position, self.type, self.user, self.timestamp, self.text,
+            data, sse, ws_frame(data), sse_chunk(sse),
         )
 
     def as_dict(self) -> dict[str, Any]:
