@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Literal, Protocol
 
 from chatroom.broker.backend import Backend
+from chatroom.broker.tasks import cancel_requested
 from chatroom.core.events import Event, Position, encode_reset, sse_frame, ws_frame
 
 __all__ = [
@@ -159,6 +160,10 @@ class Subscription:
             batch = await self.take()
             if batch is not None:
                 return batch
+            if cancel_requested():
+                # A cancellation a client library swallowed during a read (redis-py can):
+                # honoured here, or this task would wait for news for ever.
+                raise asyncio.CancelledError
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
