@@ -170,10 +170,12 @@ class Thread(HTMLParser):
 
     `items` has every event of the thread in page order, notices included, as
     (id, type, user, text): type "message", "join" or "leave"; text "" for a notice.
+    `list_id`: another list of events, e.g. "older" (the page of history above the thread).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, list_id: str = "thread") -> None:
         super().__init__()
+        self._list_id = list_id
         self.messages: list[tuple[str, str, str]] = []
         self.items: list[tuple[str, str, str, str]] = []
         self._in_thread = False
@@ -183,7 +185,7 @@ class Thread(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attr = dict(attrs)
         classes = (attr.get("class") or "").split()
-        if tag == "ol" and attr.get("id") == "thread":
+        if tag == "ol" and attr.get("id") == self._list_id:
             self._in_thread = True
         elif self._in_thread and tag == "li" and "message" in classes:
             self._start_item(attr, "message")
@@ -219,9 +221,10 @@ def thread_messages(page: str) -> list[tuple[str, str, str]]:
     return parser.messages
 
 
-def thread_items(page: str) -> list[tuple[str, str, str, str]]:
-    """Every event of the page's `#thread`, notices included: (id, type, user, text)."""
-    parser = Thread()
+def thread_items(page: str, list_id: str = "thread") -> list[tuple[str, str, str, str]]:
+    """Every event of the page's `#thread` (or `#older`, the page of older history above
+    it), notices included: (id, type, user, text)."""
+    parser = Thread(list_id)
     parser.feed(page)
     parser.close()
     return parser.items

@@ -12,9 +12,11 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from chatroom.core.events import Event, Position
 from chatroom.core.presence import NicknameTaken
 from chatroom.core.validation import InvalidInput, validate_nickname, validate_room
 from chatroom.web.edge import checked, checked_so_far, policy
+from chatroom.web.params import cursor_param, single
 from chatroom.web.refusals import Refused
 from chatroom.web.saying import enter_room, say
 from chatroom.web.security import COOKIE
@@ -25,6 +27,10 @@ __all__ = ["WELCOME_ERRORS", "render_refusal", "routes"]
 routes = web.RouteTableDef()
 
 _HTML = "text/html"
+
+# events one page of a room's history shows: the archive a room page opens with, and
+# each page the "Older messages" link (or scrolling to the top) goes back
+PAGE = 50
 
 # What the welcome page may be sent to say (?error=CODE): codes only, never text.
 WELCOME_ERRORS: dict[str, str] = {
@@ -167,9 +173,11 @@ async def _room_page(
     error: str | None = None,
     draft: str = "",
     enter: bool = True,
+    before: Position | None = None,
 ) -> web.Response:
     """A room page. `enter`: the view keeps a poller present (the refresh page reloads
-    every 5 s); a page re-rendered to show a refusal changes nothing."""
+    every 5 s); a page re-rendered to show a refusal changes nothing. `before`: the
+    page of history before that event (the "Older messages" link), not the newest."""
     chat = request.app[chat_key]
     edge = checked(request)
     room = edge.room
@@ -184,7 +192,15 @@ async def _room_page(
             await chat.broker.keep_present(room, session.user, session.sid)
         except NicknameTaken:
             raise _to_welcome(room, technique, "taken") from None
-    events, head = await chat.broker.recent(room)
+    if before is None:
+        events, head = await chat.broker.recent(room)
+        older = bool(events) and bool(await chat.broker.history(room, events[0].position, 1))
+        shown, live = events, events
+    else:
+        shown, older = await _page_before(chat, room, before)
+        newest = await chat.broker.history(room, None, 1)
+        head = newest[0].position if newest else None
+        live = []
     return _render(
         chat,
         "room.html",
@@ -193,7 +209,12 @@ async def _room_page(
         technique_label=TECHNIQUES[technique],
         room=room,
         user=session.user,
-        events=[e.as_dict() for e in events],
+        # a page of history (?before=) goes in the list above the live thread
+        events=[e.as_dict() for e in live],
+        earlier=[e.as_dict() for e in shown] if before is not None else [],
+        # where the "Older messages" link goes; None: the room's history begins here
+        older_than=shown[0].id if older and shown else None,
+        history_view=before is not None,
         last_id=str(head) if head else "",
         members=await chat.broker.members(room),
         csrf=chat.signer.csrf(session),
@@ -202,10 +223,18 @@ async def _room_page(
     )
 
 
+async def _page_before(chat: Chat, room: str, before: Position) -> tuple[list[Event], bool]:
+    """The PAGE events before `before`, oldest first, and whether any older are kept."""
+    events = await chat.broker.history(room, before, PAGE + 1)
+    return events[-PAGE:], len(events) > PAGE
+
+
 def _page_route(technique: str) -> None:
     @policy(session="optional", room=True, render="welcome")
     async def page(request: web.Request) -> web.Response:
-        return await _room_page(request, technique)
+        # parsed before the page enters the room: a bad link is 400 and changes nothing
+        before = cursor_param(single(request.query.getall("before", []), "before"), "before")
+        return await _room_page(request, technique, before=before)
 
     page.__name__ = f"{technique}_page"
     routes.get(f"/{technique}/room")(page)

@@ -4,6 +4,9 @@
 const Chat = (() => {
   const root = document.getElementById('room');
   const thread = document.getElementById('thread');
+  // the scroll box; the live log (#thread) and the history loaded above it (#older) are in it
+  const box = thread.closest('.thread-wrap');
+  const older = document.getElementById('older');
   const membersList = document.getElementById('members');
   const statusEl = document.getElementById('status');
   const errorEl = document.getElementById('error');
@@ -20,7 +23,7 @@ const Chat = (() => {
   let leaving = false;
   const leaveForm = root.querySelector('form.leave');
   if (leaveForm) leaveForm.addEventListener('submit', () => { leaving = true; });
-  for (const li of thread.children) seen.add(li.dataset.id);
+  for (const li of [...older.children, ...thread.children]) seen.add(li.dataset.id);
 
   function clock(ts) {
     return new Date(ts).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
@@ -55,9 +58,19 @@ const Chat = (() => {
 
   // Server-rendered markup (the page, or the refresh page's new panel): local times, colours.
   function decorate() {
-    for (const t of thread.querySelectorAll('time[data-ts]')) t.textContent = clock(Number(t.dataset.ts));
-    for (const li of thread.children) paint(li);
+    for (const t of box.querySelectorAll('time[data-ts]')) t.textContent = clock(Number(t.dataset.ts));
+    for (const li of [...older.children, ...thread.children]) paint(li);
     for (const li of membersList.children) paintMember(li);
+    countMembers();
+  }
+
+  // The polite live region beside the member list: a join or a leave is announced as the
+  // new count, once (the same text is not written again, so it is not read again).
+  function countMembers() {
+    const counter = document.getElementById('member-count');
+    const n = membersList.children.length;
+    const text = `${n} ${n === 1 ? 'person' : 'people'} here`;
+    if (counter && counter.textContent !== text) counter.textContent = text;
   }
   decorate();
   scrollDown();
@@ -70,12 +83,10 @@ const Chat = (() => {
   }
 
   function nearBottom() {
-    const box = thread.parentElement;
     return box.scrollHeight - box.scrollTop - box.clientHeight < 80;
   }
 
   function scrollDown() {
-    const box = thread.parentElement;
     box.scrollTop = box.scrollHeight;
   }
 
@@ -85,6 +96,7 @@ const Chat = (() => {
       paintMember(li);
       return li;
     }));
+    countMembers();
   }
 
   function memberJoined(name) {
@@ -108,24 +120,82 @@ const Chat = (() => {
       if (!ev.id || seen.has(ev.id)) continue;
       seen.add(ev.id);
       lastId = ev.id;
-      let li;
-      if (ev.type === 'message') {
-        li = el('li', ev.user === me ? 'message mine' : 'message');
-        li.append(el('span', 'user', ev.user), el('span', 'text', ev.text));
-        const time = el('time', '', clock(ev.timestamp));
-        time.dataset.ts = String(ev.timestamp);
-        li.append(time);
-      } else {
-        li = el('li', `notice ${ev.type}`);
-        li.append(el('span', 'user', ev.user), document.createTextNode(ev.type === 'join' ? ' joined' : ' left'));
-        if (ev.type === 'join') memberJoined(ev.user); else memberLeft(ev.user);
-      }
-      li.dataset.id = ev.id;
+      if (ev.type === 'join') memberJoined(ev.user); else if (ev.type === 'leave') memberLeft(ev.user);
+      const li = render(ev);
       thread.append(li);
       paint(li);
     }
     if (stick) scrollDown();
   }
+
+  // One event as a list item: text only, never HTML.
+  function render(ev) {
+    let li;
+    if (ev.type === 'message') {
+      li = el('li', ev.user === me ? 'message mine' : 'message');
+      li.append(el('span', 'user', ev.user), el('span', 'text', ev.text));
+      const time = el('time', '', clock(ev.timestamp));
+      time.dataset.ts = String(ev.timestamp);
+      li.append(time);
+    } else {
+      li = el('li', `notice ${ev.type}`);
+      li.append(el('span', 'user', ev.user), document.createTextNode(ev.type === 'join' ? ' joined' : ' left'));
+    }
+    li.dataset.id = ev.id;
+    return li;
+  }
+
+  // Older history: scrolling near the top (or the "Older messages" link) loads the page
+  // before the oldest event shown into #older, above the live log and outside it (a screen
+  // reader announces new messages, not history), and the reading position stays put.
+  const edge = document.getElementById('history-edge');
+  const PAGE = 50;
+  let loadingOlder = false;
+  let olderFailures = 0;
+  const nearTop = () => box.scrollTop < box.clientHeight / 2;
+
+  async function loadOlder() {
+    const link = document.getElementById('older-link');
+    if (loadingOlder || !link) return;
+    loadingOlder = true;
+    try {
+      const shown = new Set([...older.children, ...thread.children].map((li) => li.dataset.id));
+      const first = [...older.children, ...thread.children].find((li) => li.dataset.id);
+      const cursor = first ? first.dataset.id : edge.dataset.before;
+      const r = await fetch(`/api/rooms/${encodeURIComponent(room)}/history?before=${encodeURIComponent(cursor)}&limit=${PAGE}`,
+        { cache: 'no-store' });
+      if (!r.ok) throw new Error(`error ${r.status}`);
+      const page = await r.json();
+      const items = page.events.filter((ev) => ev.id && !shown.has(ev.id)).map((ev) => { seen.add(ev.id); return render(ev); });
+      // The first event on screen stays where it is (it keeps its name: nothing below moves).
+      const top = box.getBoundingClientRect().top;
+      const anchor = [...older.children, ...thread.children].find((li) => li.getBoundingClientRect().bottom > top);
+      const was = anchor ? anchor.getBoundingClientRect().top : 0;
+      older.prepend(...items);
+      for (const li of items) paint(li);
+      if (anchor) box.scrollTop += anchor.getBoundingClientRect().top - was;
+      if (page.events.length < PAGE) {
+        const focused = document.activeElement === link;
+        edge.replaceChildren(el('span', 'history-start', `This is the beginning of #${room}’s history.`));
+        if (focused) box.focus({ preventScroll: true });
+      } else {
+        link.href = `${location.pathname}?room=${encodeURIComponent(room)}&before=${encodeURIComponent(page.before)}`;
+      }
+      olderFailures = 0;
+    } catch (_) {
+      await sleep(backoff(olderFailures++));
+    } finally {
+      loadingOlder = false;
+    }
+    if (nearTop()) loadOlder();
+  }
+  box.addEventListener('scroll', () => { if (nearTop()) loadOlder(); }, { passive: true });
+  edge.addEventListener('click', (e) => {
+    if (e.target.id !== 'older-link' || e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey || e.altKey) return;
+    e.preventDefault();
+    loadOlder();
+  });
+  if (nearTop()) loadOlder();
 
   function status(state, text) {
     statusEl.dataset.state = state;
