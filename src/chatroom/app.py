@@ -14,7 +14,7 @@ from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 from prometheus_client import CollectorRegistry
 
-from chatroom.broker import Backend, BackendUnavailable, Broker, open_backend
+from chatroom.broker import Backend, BackendUnavailable, Broker, Fanout, open_backend
 from chatroom.config import Settings
 from chatroom.transports import longpoll, sse, websocket
 from chatroom.web import api, pages
@@ -120,8 +120,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         store = backend or open_backend(settings.backend, retention=settings.retention)
         broker = Broker(
             store,
-            max_pending=settings.max_pending,
-            max_unsent=settings.max_unsent,
+            fanout=Fanout(max_pending=settings.max_pending, max_unsent=settings.max_unsent),
             presence_ttl=settings.presence_ttl,
             room_idle=settings.room_idle,
         )

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
-from chatroom.broker import Backend, Broker, open_backend
+from chatroom.broker import Backend, Broker, Fanout, open_backend
 from chatroom.broker.backend import Listener
 
 SQLITE_FILE = "chat.db"
+# Broker options that are the hub's (Fanout's fields)
+_FANOUT = ("archive", "page", "max_pending", "max_unsent")
 
 # The backends the contract suite and the broker suite run against. Redis is a real
 # redis-server (tests/conftest.py: the machine's, or one started on a free port), on a
@@ -71,7 +73,11 @@ class Backends:
         presence_clock: Callable[[], float] | None = None,
         **options: Any,
     ) -> Broker:
-        broker = Broker(self.open(retention, presence_clock), **options)
+        # the hub's options as keywords too, for short calls: broker(max_pending=8)
+        fanout = {k: options.pop(k) for k in _FANOUT if k in options}
+        broker = Broker(
+            self.open(retention, presence_clock), fanout=Fanout(**fanout), **options
+        )
         await broker.start()
         self._open.append(broker)
         return broker

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatroom.broker import Broker, Reset, SlowConsumer, Subscription
+from chatroom.broker import Broker, Fanout, Reset, SlowConsumer, Subscription
 from chatroom.broker.backend import BackendUnavailable, Draft, Listener, Page
 from chatroom.broker.broker import Delivery
 from chatroom.broker.memory import MemoryBackend
@@ -299,7 +299,7 @@ async def test_a_burst_larger_than_the_bound_reaches_a_waiting_subscriber_whole(
     history: bool,
 ) -> None:
     backend = GroupCommit()
-    broker = Broker(backend, max_pending=4, page=3)
+    broker = Broker(backend, fanout=Fanout(max_pending=4, page=3))
     await broker.start()
     try:
         before: list[Event] = []
@@ -341,7 +341,7 @@ class HeldReads(MemoryBackend):
 
 async def test_events_dropped_from_the_queue_during_a_read_are_read_after_it() -> None:
     backend = HeldReads()
-    broker = Broker(backend, max_pending=4)
+    broker = Broker(backend, fanout=Fanout(max_pending=4))
     await broker.start()
     try:
         await present(broker, ROOM, "alice", "s1")

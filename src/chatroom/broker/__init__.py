@@ -4,6 +4,7 @@ from chatroom.broker.backend import Backend, BackendUnavailable, Draft, Page, St
 from chatroom.broker.broker import (
     Broker,
     Delivery,
+    Fanout,
     Framing,
     Reset,
     Sink,
@@ -18,6 +19,7 @@ __all__ = [
     "Broker",
     "Delivery",
     "Draft",
+    "Fanout",
     "Framing",
     "Page",
     "Reset",

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from chatroom.broker.backend import Backend, Draft, Stored
 from chatroom.broker.hub import (
     Delivery,
+    Fanout,
     Framing,
     Hub,
     Reset,
@@ -33,7 +34,8 @@ from chatroom.core.validation import InvalidInput, validate_text
 from chatroom.observability import Throttled
 
 __all__ = [
-    "Broker", "Delivery", "Framing", "Reset", "Sink", "SlowConsumer", "Stats", "Subscription",
+    "Broker", "Delivery", "Fanout", "Framing", "Reset", "Sink", "SlowConsumer", "Stats",
+    "Subscription",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,10 +54,7 @@ class Broker:
         self,
         backend: Backend,
         *,
-        archive: int = 50,
-        page: int = 500,
-        max_pending: int = 1024,
-        max_unsent: int = 1 << 20,
+        fanout: Fanout | None = None,
         presence_ttl: float = 30.0,
         linger: float = 5.0,
         reap_interval: float = 1.0,
@@ -63,9 +62,7 @@ class Broker:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.backend = backend
-        self.hub = Hub(
-            backend, archive=archive, page=page, max_pending=max_pending, max_unsent=max_unsent
-        )
+        self.hub = Hub(backend, fanout or Fanout())
         self.presence = PresenceService(
             backend, self.hub, self._announce,
             presence_ttl=presence_ttl, linger=linger, reap_interval=reap_interval,

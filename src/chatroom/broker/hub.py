@@ -34,7 +34,8 @@ from chatroom.broker.tasks import cancel_requested
 from chatroom.core.events import Event, Position, encode_reset, sse_frame, ws_frame
 
 __all__ = [
-    "Delivery", "Framing", "Hub", "Reset", "Sink", "SlowConsumer", "Stats", "Subscription",
+    "Delivery", "Fanout", "Framing", "Hub", "Reset", "Sink", "SlowConsumer", "Stats",
+    "Subscription",
 ]
 
 
@@ -323,25 +324,28 @@ class Subscription:
         self._wake()
 
 
+@dataclass(frozen=True, slots=True)
+class Fanout:
+    """How a hub serves its subscribers."""
+
+    # events a new subscriber without a cursor gets first, and events per read
+    archive: int = 50
+    page: int = 500
+    # events a subscriber may have waiting before it is cut off as too slow
+    max_pending: int = 1024
+    # bytes a sink may hold unsent before its subscriber is cut off as too slow
+    max_unsent: int = 1 << 20
+
+
 class Hub:
     """This node's subscribers by room, and the fan-out of each batch of events to them."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        *,
-        archive: int = 50,
-        page: int = 500,
-        max_pending: int = 1024,
-        max_unsent: int = 1 << 20,
-    ) -> None:
+    def __init__(self, backend: Backend, fanout: Fanout = Fanout()) -> None:
         self.backend = backend
-        # events a new subscriber without a cursor gets first, and events per read
-        self.archive = archive
-        self.page = page
-        self.max_pending = max_pending
-        # bytes a sink may hold unsent before its subscriber is cut off as too slow
-        self.max_unsent = max_unsent
+        self.archive = fanout.archive
+        self.page = fanout.page
+        self.max_pending = fanout.max_pending
+        self.max_unsent = fanout.max_unsent
         self._rooms: dict[str, set[Subscription]] = {}
         # per watched room, the position of the last event fanned out
         self._heads: dict[str, Position] = {}
