@@ -146,6 +146,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
                     settings.max_connections_per_session,
                     settings.fd_reserve,
                 ),
+                max_rooms=settings.max_rooms_per_connection,
             ),
             templates=templates,
         )
