@@ -371,3 +371,25 @@ async def test_a_tab_behind_the_shared_connection_reads_what_it_lacks(
     await exactly_once_each(b.tabs, said)
     assert await ids(behind) == await in_history(server, "den")
     b.assert_clean()
+
+
+async def test_more_rooms_than_one_connection_takes_are_spread_over_more(
+    new_context: CreateContextCallback, tmp_path: Path
+) -> None:
+    server = await start_server(
+        f"sqlite:///{tmp_path / 'chat.db'}", max_rooms_per_connection=1, **UNLIMITED
+    )
+    try:
+        b = await a_browser(new_context, server, "sse")
+        await open_tabs(b, {"den": 2, "attic": 1})
+        # one room per connection: two streams for the three tabs
+        await eventually(lambda: server.chat.connections["sse"] == 2)
+        await b.of("attic")[0].say("up in the attic")
+        await b.of("den")[1].say("down in the den")
+        await b.of("attic")[0].sees("alice", "up in the attic")
+        for tab in b.of("den"):
+            await tab.sees("alice", "down in the den")
+            assert await tab.count("alice", "up in the attic") == 0
+        b.assert_clean()
+    finally:
+        await server.stop()

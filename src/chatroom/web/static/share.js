@@ -535,7 +535,7 @@
     }
 
     // The events after `after` from the room's history, handed to the page; answers the
-    // id of the newest event there is (the cursor itself when there is none after it).
+    // id of the newest event there is (null when the room holds none).
     async function readAfter(after, current) {
       let events = [];
       let newest = null;
@@ -563,7 +563,7 @@
       // not kept any more (or from a stream that was lost): say so, as a reset does
       if (!found) events.unshift({ type: 'reset', room, id: events.length ? events[0].id : null });
       if (events.length) Chat.handle(events);
-      return newest === null ? after : newest;
+      return newest;
     }
 
     // This tab's own lock, held while it lives: the hub learns from it that the tab went.
