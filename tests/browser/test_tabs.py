@@ -393,3 +393,62 @@ async def test_more_rooms_than_one_connection_takes_are_spread_over_more(
         b.assert_clean()
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+async def test_a_tab_whose_cursor_is_not_kept_shows_a_reset_once(
+    new_context: CreateContextCallback,
+    server: Server,
+    client: aiohttp.ClientSession,
+    technique: str,
+) -> None:
+    b = await a_browser(new_context, server, technique)
+    await open_tabs(b, {"den": 1})
+    bob = Speaker(client, server, "den")
+    await bob.enter()
+    await bob.say("kept")
+    await exactly_once_each(b.tabs, ["kept"])
+
+    async def from_a_lost_stream(route: Route) -> None:
+        response = await route.fetch()
+        html = re.sub(r'data-last-id="[^"]*"', 'data-last-id="feedface-7"', await response.text())
+        await route.fulfill(response=response, body=html)
+
+    await b.context.route(f"{server.url}/{technique}/room?room=den", from_a_lost_stream)
+    odd = await b.open("den")
+    await b.context.unroute(f"{server.url}/{technique}/room?room=den")
+    await odd.page.locator("#thread .notice.reset").wait_for(timeout=LIVE)
+    await bob.say("after")
+    await exactly_once_each(b.tabs, ["kept", "after"])
+    assert await odd.page.locator("#thread .notice.reset").count() == 1
+    # the other tab's cursor was fine: it was told nothing
+    assert await b.tabs[0].page.locator("#thread .notice.reset").count() == 0
+    b.assert_clean()
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+async def test_leave_in_one_tab_ends_its_room_in_every_tab_and_no_other(
+    new_context: CreateContextCallback,
+    server: Server,
+    client: aiohttp.ClientSession,
+    technique: str,
+) -> None:
+    b = await a_browser(new_context, server, technique)
+    await open_tabs(b, {"den": 2, "attic": 1})
+    leaving, staying = b.of("den")
+    await leaving.page.locator("form.leave button").click()
+    await leaving.page.wait_for_url(f"{server.url}/?room=den")
+    b.tabs.remove(leaving)
+    # the other den tab is told, and stops; the attic goes on, on the same connection
+    await staying.page.locator("#status[data-state=error]").wait_for(timeout=LIVE)
+    assert "left" in await staying.page.locator("#status").inner_text()
+    bob = Speaker(client, server, "attic")
+    await bob.enter()
+    await bob.say("the attic goes on")
+    await exactly_once_each(b.of("attic"), ["the attic goes on"])
+    await eventually(lambda: server.chat.connections[technique] == 1)
+    async with new_client() as other, other.get(
+        f"{server.url}/api/rooms/den/presence"
+    ) as response:
+        assert (await response.json())["members"] == []
+    b.assert_clean()
