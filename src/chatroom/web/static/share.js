@@ -63,12 +63,12 @@
     }
 
     handle(msg) {
-      if (msg.t === 'attach') this.attach(msg.tab, msg.room, msg.cursor, msg.maxRooms);
+      if (msg.t === 'attach') this.attach(msg.tab, msg.room, msg.cursor, msg.maxRooms, msg.round);
       else if (msg.t === 'detach') this.detach(msg.tab);
       else if (msg.t === 'say') this.say(msg.tab, msg.room, msg.text, msg.client_id);
     }
 
-    attach(tab, room, cursor, maxRooms) {
+    attach(tab, room, cursor, maxRooms, round) {
       if (maxRooms > 0) this.maxRooms = maxRooms;
       if (this.tabs.has(tab) && this.tabs.get(tab) !== room) this.detach(tab);
       let r = this.rooms.get(room);
@@ -82,7 +82,7 @@
       r.tabs.add(tab);
       this.tabs.set(tab, room);
       const c = r.conn;
-      this.out.tab(tab, { t: 'attached', hub: this.id, room, cur: r.cur, state: c.state, text: c.text });
+      this.out.tab(tab, { t: 'attached', hub: this.id, round, room, cur: r.cur, state: c.state, text: c.text });
     }
 
     detach(tab) {
@@ -448,7 +448,7 @@
       syncing = null;
       waitFor = null;
       cursor = Chat.lastId;
-      post({ t: 'attach', technique, tab, room, cursor, maxRooms: MAX_ROOMS });
+      post({ t: 'attach', technique, tab, room, cursor, round, maxRooms: MAX_ROOMS });
     }
 
     function receive(msg) {
@@ -460,6 +460,8 @@
           if (msg.hub !== hubId) attach();
           break;
         case 'attached':
+          // the answer to an attach that another followed: that one's answer counts
+          if (msg.round !== round) break;
           hubId = msg.hub;
           if (!stopped) Chat.status(msg.state, msg.text);
           if (msg.cur !== cursor) catchUp(msg.cur);
@@ -505,7 +507,8 @@
       if (waitFor !== null) {
         const i = events.findIndex((ev) => ev.type === 'reset' || ev.id === waitFor);
         if (i < 0) return;
-        // from a reset on, the stream starts afresh: take it all (the page drops what it shows)
+        // from a reset on, the stream starts afresh: take it all (the page shows a notice,
+        // and nothing it shows already twice)
         events = events.slice(events[i].type === 'reset' ? i : i + 1);
         waitFor = null;
       }
@@ -516,7 +519,7 @@
     // lacks, then take the shared events after the newest read.
     async function catchUp(cur) {
       const mine = round;
-      syncing = [];
+      const buffer = syncing = [];
       let newest;
       for (let attempt = 0; ; attempt++) {
         try {
@@ -527,11 +530,10 @@
           await sleep(backoff(attempt));
         }
       }
-      if (round !== mine) return;
-      const buffered = syncing;
+      if (round !== mine || syncing !== buffer) return;
       syncing = null;
       waitFor = newest === cur ? null : newest;
-      take(buffered);
+      take(buffer);
     }
 
     // The events after `after` from the room's history, handed to the page; answers the
