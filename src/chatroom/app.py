@@ -77,7 +77,8 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 _CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    "connect-src 'self'; worker-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'self'"
 )
 
 
@@ -145,6 +146,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
                     settings.max_connections_per_session,
                     settings.fd_reserve,
                 ),
+                max_rooms=settings.max_rooms_per_connection,
             ),
             templates=templates,
         )
@@ -190,6 +192,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         "/static", _WEB / "static", append_version=True, name="static", expect_handler=_expect
     )
     templates.globals["static"] = lambda name: str(static.url_for(filename=name))
+    # the room pages' scripts share a connection among tabs: so many rooms on one
+    templates.globals["max_rooms"] = settings.max_rooms_per_connection
     return app
 
 

@@ -118,6 +118,12 @@ class Settings:
     max_connections_per_session: int = setting(
         32, "open streaming connections of one session", minimum=1
     )
+    max_rooms_per_connection: int = setting(
+        32,
+        "rooms one streaming connection may follow (follow=R:C, repeated: the tabs of one "
+        "browser share a connection)",
+        minimum=1,
+    )
     fd_reserve: int = setting(
         64,
         "file descriptors kept free for health checks, the API and pages when the "

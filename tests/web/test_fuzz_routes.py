@@ -7,8 +7,8 @@ router holds (`ROUTES` is read from the app, so a new route is fuzzed without a 
 here), with and without a valid session cookie, the session's CSRF token and the
 page's Origin, so that the generated values get past the early checks:
 
-- query strings: our keys (room, user, demo, lastReceived, before, limit, error, cursor)
-  and others, repeated, with percent-encoded invalid UTF-8 (`%ED%A0%80`, `%FF`), NUL,
+- query strings: our keys (room, user, demo, lastReceived, before, limit, error, cursor,
+  follow) and others, repeated, with percent-encoded invalid UTF-8 (`%ED%A0%80`, `%FF`), NUL,
   bidi and zero-width characters, combining marks, 4-byte emoji, thousands of digits;
 - bodies: forms and JSON with message / csrf / client_id fields holding all of that,
   deep nesting, JSON that is not an object, wrong Content-Type and charset, and
@@ -443,7 +443,9 @@ def rare(draw: st.DrawFn) -> bool:
     return draw(st.integers(0, 9)) == 7
 
 
-QUERY_KEYS = ("room", "user", "demo", "lastReceived", "before", "limit", "error", "cursor")
+QUERY_KEYS = (
+    "room", "user", "demo", "lastReceived", "before", "limit", "error", "cursor", "follow",
+)
 
 
 def _rooms() -> st.SearchStrategy[bytes]:
@@ -475,6 +477,13 @@ def _query_values() -> dict[str, st.SearchStrategy[bytes]]:
         "cursor": st.one_of(st.sampled_from([b"3.lobby", b"0.fuzz", b"1."]), wire_values()),
         "lastReceived": cursors,
         "before": cursors,
+        # a room of a multi-room connection, and its cursor
+        "follow": st.one_of(
+            _rooms(),
+            st.tuples(_rooms(), st.sampled_from([b":", b"%3A", b"::"]), cursors).map(
+                lambda parts: b"".join(parts)
+            ),
+        ),
         "limit": st.one_of(numbers().map(lambda n: quote(n).encode()), wire_values()),
         "x": wire_values(),
     }

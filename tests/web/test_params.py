@@ -6,11 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatroom.core.events import Position
+from chatroom.core.events import UNKNOWN, Position
 from chatroom.core.validation import InvalidInput
 from chatroom.web.params import (
+    Follow,
     RoomKey,
+    TooManyRooms,
     cursor_param,
+    follow_param,
     int_param,
     room_key_param,
     room_param,
@@ -119,3 +122,54 @@ def test_single() -> None:
     with pytest.raises(InvalidInput) as caught:
         single(["5", "6"], "limit")
     assert caught.value.field == "limit"
+
+
+def test_follow_param_reads_each_room_and_its_cursor() -> None:
+    follows = follow_param(["den:abc123-7", "Attic", "cellar:", "x:not a cursor"], limit=4)
+    assert follows == (
+        Follow("den", Position("abc123", 7)),
+        Follow("attic", None),
+        Follow("cellar", None),
+        # malformed: an unknown cursor, answered with a reset (never a lost place)
+        Follow("x", UNKNOWN),
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        (["den", "den:abc-1"], "followed twice"),
+        (["den", "DEN"], "followed twice"),
+        ([""], "room names"),
+        ([":abc-1"], "room names"),
+        (["a b"], "room names"),
+        (["é"], "room names"),
+        (["a" * 65], "room names"),
+    ],
+)
+def test_follow_param_refuses_a_bad_room(values: list[str], reason: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        follow_param(values, limit=8)
+    assert caught.value.field == "follow"
+    assert reason in caught.value.reason
+    assert not isinstance(caught.value, TooManyRooms)
+
+
+def test_follow_param_refuses_more_rooms_than_the_limit() -> None:
+    assert len(follow_param([f"r{n}" for n in range(3)], limit=3)) == 3
+    with pytest.raises(TooManyRooms) as caught:
+        follow_param([f"r{n}" for n in range(4)], limit=3)
+    assert caught.value.field == "follow"
+    assert "at most 3 rooms" in caught.value.reason
+
+
+@given(st.lists(st.text(max_size=80), max_size=6))
+def test_follow_param_is_total(values: list[str]) -> None:
+    field = None
+    follows: tuple[Follow, ...] = ()
+    try:
+        follows = follow_param(values, limit=4)
+    except InvalidInput as exc:
+        field = exc.field
+    assert field in (None, "follow")
+    assert len({f.room for f in follows}) == len(follows) <= 4

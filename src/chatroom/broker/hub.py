@@ -53,8 +53,9 @@ class Reset:
     id = None
 
     @classmethod
-    def at(cls, oldest: Position | None) -> Reset:
-        data = encode_reset(oldest)
+    def at(cls, oldest: Position | None, room: str | None = None) -> Reset:
+        """The marker; naming its `room` for a connection that follows several."""
+        data = encode_reset(oldest, room)
         return cls(oldest, data, sse_frame(None, data), ws_frame(data))
 
 

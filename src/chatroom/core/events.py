@@ -178,12 +178,16 @@ def sse_chunk(frame: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(frame), frame)
 
 
-def encode_reset(oldest: Position | None) -> bytes:
+def encode_reset(oldest: Position | None, room: str | None = None) -> bytes:
     """The `reset` marker sent before replayed events when a cursor could not be honoured.
 
-    `id` is the oldest retained id, or null when the room holds nothing yet.
+    `id` is the oldest retained id, or null when the room holds nothing yet. On a
+    connection that follows several rooms it names its `room`, as an event does.
     """
-    return orjson.dumps({"type": "reset", "id": str(oldest) if oldest else None})
+    marker: dict[str, Any] = {"type": "reset", "id": str(oldest) if oldest else None}
+    if room is not None:
+        marker["room"] = room
+    return orjson.dumps(marker)
 
 
 def resume_from(

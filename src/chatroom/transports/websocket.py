@@ -4,6 +4,11 @@ Each text frame the client sends is one message: {"text": ..., "client_id": ...}
 bare JSON string. Bad frames get an error frame and the connection stays; binary
 frames close with 1003, invalid UTF-8 with 1007, oversized messages with 1009.
 
+One socket may follow several rooms (`?follow=R:C&follow=...`, see transports.rooms):
+a message then names its room, {"room": ..., "text": ..., "client_id": ...}; a room
+that ends for the session gets a `left` frame naming it, and the socket closes with
+4000 only when no room is left.
+
 aiohttp routes and checks the upgrade request; once the 101 is written, the socket is
 taken off aiohttp and served by `_Socket`, a protocol of our own (the frames are
 `chatroom.core.websocket`). An idle socket is then a transport, a parser, a
@@ -24,12 +29,15 @@ import orjson
 from aiohttp import web
 
 from chatroom.broker import BackendUnavailable, Draft, SlowConsumer, Subscription
-from chatroom.core.events import Position, read_cursor, ws_frame
+from chatroom.core.events import ws_frame
+from chatroom.core.validation import InvalidInput
 from chatroom.core.websocket import (
     ServerConnection,
     accept_key,
 )
+from chatroom.transports.rooms import LEFT, connect_rooms, disconnect_rooms, ended, named
 from chatroom.web.edge import Ticket, checked, policy
+from chatroom.web.params import Follow, room_param
 from chatroom.web.refusals import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
@@ -39,7 +47,7 @@ from chatroom.web.refusals import (
     CLOSE_TRY_AGAIN_LATER,
     answer,
 )
-from chatroom.web.saying import draft, enter_room, give_back, new_conn_id, take_turn
+from chatroom.web.saying import draft, enter_room, give_back, take_turn
 from chatroom.web.security import Session
 from chatroom.web.server import limit_send_buffer
 from chatroom.web.state import Chat, chat_key, json_error
@@ -67,13 +75,13 @@ def _has_token(value: str, token: str) -> bool:
 
 
 @routes.get("/websocket/room/socket")
-@policy(origin=True, session="required", room=True, stream="websocket")
+@policy(origin=True, session="required", rooms=True, stream="websocket")
 async def socket(request: web.Request) -> web.StreamResponse:
     chat = request.app[chat_key]
     edge = checked(request)
-    room, session = edge.room, edge.require_session()
-    cursor = read_cursor(request.query.get("lastReceived"))
-    await enter_room(chat, room, edge.address)
+    session = edge.require_session()
+    for follow in edge.follows:
+        await enter_room(chat, follow.room, edge.address)
 
     headers = request.headers
     # exactly "websocket", as aiohttp's parser requires to hand over what follows
@@ -104,7 +112,7 @@ async def socket(request: web.Request) -> web.StreamResponse:
     ticket = edge.ticket
     assert ticket is not None
     ticket.kept = True
-    sock = _Socket(chat, room, session, edge.address, ticket, transport)
+    sock = _Socket(chat, edge.follows, edge.named, session, edge.address, ticket, transport)
     # Take the connection off aiohttp: from now on its bytes come to `sock`. aiohttp
     # keeps any bytes a client sent behind its request (none, if it waited for the 101
     # as RFC 6455 says it must); they are the socket's first.
@@ -117,7 +125,7 @@ async def socket(request: web.Request) -> web.StreamResponse:
     protocol.transport = None
     protocol.connection_lost(None)
     chat.sockets.add(sock)
-    sock.start(cursor, tail)
+    sock.start(tail)
     # aiohttp cannot send this (it no longer has a transport); it logs the 101
     return web.Response(status=101)
 
@@ -136,6 +144,7 @@ class _Socket(asyncio.Protocol):
     """One WebSocket after its upgrade: reads frames, writes events, closes cleanly."""
 
     __slots__ = (
+        "_again",
         "_close_timer",
         "_drained",
         "_ended",
@@ -147,10 +156,12 @@ class _Socket(asyncio.Protocol):
         "_saying",
         "address",
         "chat",
-        "conn",
-        "room",
+        "conns",
+        "follows",
+        "many",
+        "rooms",
         "session",
-        "sub",
+        "subs",
         "ticket",
         "transport",
         "ws",
@@ -159,20 +170,27 @@ class _Socket(asyncio.Protocol):
     def __init__(
         self,
         chat: Chat,
-        room: str,
+        follows: tuple[Follow, ...],
+        many: bool,
         session: Session,
         address: str,
         ticket: Ticket,
         transport: asyncio.Transport,
     ) -> None:
         self.chat = chat
-        self.room = room
+        self.follows = follows
+        # the multi-room form: messages and notices name their room
+        self.many = many
+        # the rooms a message may name: those it asked for
+        self.rooms = frozenset(follow.room for follow in follows)
         self.session = session
         self.address = address
         self.ticket = ticket
         self.transport = transport
-        self.conn = new_conn_id()
-        self.sub: Subscription | None = None
+        # the presence connection of each room it was let into
+        self.conns: list[str] = []
+        # the subscription of each room it follows (a room that ended is taken out)
+        self.subs: dict[str, Subscription] = {}
         # the protocol's state: what to answer, whether the close frame went out
         self.ws = ServerConnection(chat.settings.max_body)
         # _open() is letting it in (presence, subscription); it is read from then on,
@@ -185,22 +203,24 @@ class _Socket(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         # writes history and backlogs; exists only while there is some
         self._pump: asyncio.Task[None] | None = None
+        # a subscription had news while the pump was busy with another: look again
+        self._again = False
         # what the client said, waiting to be stored (or an error frame to answer in
         # its turn), and the task storing it; both only while there is some
-        self._said: deque[Draft | str] | None = None
+        self._said: deque[tuple[str, Draft] | str] | None = None
         self._saying: asyncio.Task[None] | None = None
         # done when the socket has closed and everything it said is stored
         self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # --- opening ----------------------------------------------------------------------
 
-    def start(self, cursor: Position | None, tail: bytes) -> None:
-        _keep(asyncio.get_running_loop().create_task(self._open(cursor, tail)))
+    def start(self, tail: bytes) -> None:
+        _keep(asyncio.get_running_loop().create_task(self._open(tail)))
 
-    async def _open(self, cursor: Position | None, tail: bytes) -> None:
+    async def _open(self, tail: bytes) -> None:
         chat, session = self.chat, self.session
         try:
-            await chat.broker.connect(self.room, session.user, session.sid, self.conn)
+            joined = await connect_rooms(chat, self.follows, session, self.many)
         except Exception as exc:
             refused = answer(exc)
             if refused is None or refused.close_code is None:
@@ -213,6 +233,7 @@ class _Socket(asyncio.Protocol):
         except BaseException:
             self._refuse(CLOSE_INTERNAL_ERROR, "the server could not open this socket")
             raise
+        self.conns = [conn for _, conn in joined.accepted]
         self._opening = False
         self._opened = True
         chat.connections["websocket"] += 1
@@ -220,9 +241,19 @@ class _Socket(asyncio.Protocol):
             # gone while it was being let in
             self._end()
             return
-        sub = self.sub = chat.broker.subscribe(self.room, cursor, session=session.sid)
-        sub.set_sink(self.transport, "ws")
-        sub.on_ready(self._ready)
+        for room, refused in joined.refused:
+            self._write(ws_frame(ended(room, refused)))
+        if not joined.accepted:
+            # every room it asked for was refused, each with its notice
+            code = joined.refused[0][1].close_code if joined.refused else None
+            self._close(code or CLOSE_LEFT, "no room left to follow")
+            self._resume_reading()
+            return
+        for follow, _ in joined.accepted:
+            sub = chat.broker.subscribe(follow.room, follow.cursor, session=session.sid)
+            self.subs[follow.room] = sub
+            sub.set_sink(self.transport, "ws")
+            sub.on_ready(self._ready)
         self._ready()
         if tail:
             self.data_received(tail)
@@ -240,32 +271,57 @@ class _Socket(asyncio.Protocol):
     # --- writing events ---------------------------------------------------------------
 
     def _ready(self) -> None:
-        """The subscription has something for the pump (or has ended)."""
+        """A subscription has something for the pump (or has ended)."""
         if self._pump is None:
             if not self._lost and not self.ws.close_sent:
                 self._pump = asyncio.get_running_loop().create_task(self._run_pump())
-        elif self.sub is not None and self.sub.reason is not None:
+            return
+        self._again = True
+        if any(sub.reason is not None for sub in self.subs.values()):
             # It ended (cut off as too slow, left, shutdown) while the pump waits for a
             # socket that does not drain: the pump goes on, to say so and close.
             self.resume_writing()
 
     async def _run_pump(self) -> None:
-        sub = self.sub
-        assert sub is not None
+        """Write what the subscriptions hand over (history, catch-up, what came while
+        the socket was full) until every one is caught up; then the fan-out writes live
+        events itself until _ready()."""
+        subs = self.subs
         try:
             while True:
-                batch = await sub.take()
-                if batch is None or self.ws.close_sent or self._lost:
-                    # caught up: the fan-out writes live events itself until _ready()
+                self._again = False
+                wrote = False
+                for room, sub in list(subs.items()):
+                    if self.ws.close_sent or self._lost:
+                        return
+                    try:
+                        batch = await sub.take()
+                    except StopAsyncIteration:
+                        if self.chat.broker.closing or sub.reason != "left":
+                            raise
+                        if not self.many or len(subs) == 1:
+                            raise
+                        # left one of its rooms: the others go on
+                        del subs[room]
+                        self._write(ws_frame(ended(room, LEFT)))
+                        continue
+                    if batch is None or self.ws.close_sent or self._lost:
+                        continue
+                    items = named(batch, room) if self.many else batch
+                    self.transport.write(b"".join([d.ws for d in items]))
+                    wrote = True
+                    if self._drained is not None:
+                        await self._drained
+                if not wrote and not self._again:
                     return
-                self.transport.write(b"".join([d.ws for d in batch]))
-                if self._drained is not None:
-                    await self._drained
         except StopAsyncIteration:
             # The subscription ended: the server is shutting down, or the user left.
             if self.chat.broker.closing:
                 self._close(CLOSE_GOING_AWAY, "server shutting down")
             else:
+                if self.many:
+                    for room in list(subs):
+                        self._write(ws_frame(ended(room, LEFT)))
                 self._close(CLOSE_LEFT, "you left the room")
         except SlowConsumer as exc:
             log.info("websocket cut off: %s", exc)
@@ -299,7 +355,7 @@ class _Socket(asyncio.Protocol):
         if ws.failed:
             return
         for text in ws.receive_data(data):
-            self._say(_parse(self.chat, self.session, self.address, text))
+            self._say(self._parse(text))
         if ws.close_sent and self._close_timer is None:
             # the protocol answered the client's close, or failed the connection
             self._closing()
@@ -317,7 +373,61 @@ class _Socket(asyncio.Protocol):
 
     # --- saying -----------------------------------------------------------------------
 
-    def _say(self, item: Draft | str) -> None:
+    def _parse(self, raw: str) -> tuple[str, Draft] | str:
+        """One frame the client sent: the room and message to store, or the error frame
+        to answer."""
+        try:
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _frame(
+                "error",
+                error="bad_json",
+                reason='each frame must be JSON: {"text": "...", "client_id": "..."} or "text"',
+            )
+        client_id: object = None
+        room: object = None
+        if isinstance(payload, str):
+            text: object = payload
+        elif isinstance(payload, dict):
+            text = payload.get("text")
+            client_id = payload.get("client_id")
+            room = payload.get("room")
+        else:
+            return _frame(
+                "error", error="bad_frame", reason='send {"text": "...", "client_id": "..."}'
+            )
+        cid = client_id if isinstance(client_id, str) else None
+        chat, session = self.chat, self.session
+        try:
+            where = self._room_of(room)
+            message = draft(chat, session, text, client_id)
+            take_turn(chat, session, self.address)
+        except Exception as exc:
+            refused = answer(exc)
+            if refused is None:
+                raise
+            fields: dict[str, Any] = {"client_id": cid}
+            if refused.retry_after is not None:
+                fields["retry_after"] = round(refused.retry_after, 2)
+            return _frame("error", error=refused.code, reason=refused.reason, **fields)
+        return where, message
+
+    def _room_of(self, raw: object) -> str:
+        """The room a message names: one this socket follows. It may leave it out on a
+        socket that follows one room. InvalidInput otherwise."""
+        if raw is None:
+            if len(self.rooms) == 1:
+                return next(iter(self.rooms))
+            raise InvalidInput(
+                "room",
+                'this socket follows several rooms: name one, {"room": ..., "text": ...}',
+            )
+        room = room_param(raw if isinstance(raw, str) else "", "room")
+        if room not in self.rooms:
+            raise InvalidInput("room", f"this socket does not follow room {room!r}")
+        return room
+
+    def _say(self, item: tuple[str, Draft] | str) -> None:
         said = self._said
         if said is None:
             said = self._said = deque()
@@ -345,11 +455,17 @@ class _Socket(asyncio.Protocol):
                     said.popleft()
                     self._reply(head)
                 else:
+                    # a run: the messages that follow in one room
+                    room = head[0]
                     run: list[Draft] = []
-                    while said and len(run) < _RUN and isinstance(said[0], Draft):
-                        run.append(said.popleft())  # type: ignore[arg-type]
+                    while said and len(run) < _RUN:
+                        nxt = said[0]
+                        if isinstance(nxt, str) or nxt[0] != room:
+                            break
+                        said.popleft()
+                        run.append(nxt[1])
                     self._resume_reading()
-                    for reply in await self._store(run):
+                    for reply in await self._store(room, run):
                         self._reply(reply)
                 self._resume_reading()
         finally:
@@ -363,10 +479,10 @@ class _Socket(asyncio.Protocol):
         if not self._lost and (said is None or len(said) < _MAX_WAITING):
             self.transport.resume_reading()
 
-    async def _store(self, run: list[Draft]) -> list[str]:
+    async def _store(self, room: str, run: list[Draft]) -> list[str]:
         chat, session = self.chat, self.session
         try:
-            stored = await chat.broker.say_many(self.room, session.user, session.sid, run)
+            stored = await chat.broker.say_many(room, session.user, session.sid, run)
         except Exception as exc:
             refused = answer(exc)
             if refused is not None:
@@ -429,8 +545,8 @@ class _Socket(asyncio.Protocol):
     def _closing(self) -> None:
         """The close frame is queued: no event may follow it, and the client has
         CLOSE_TIMEOUT seconds to answer."""
-        if self.sub is not None:
-            self.sub.set_sink(None)
+        for sub in self.subs.values():
+            sub.set_sink(None)
         self._close_timer = asyncio.get_running_loop().call_later(
             CLOSE_TIMEOUT, self.transport.abort
         )
@@ -469,8 +585,7 @@ class _Socket(asyncio.Protocol):
             self._close_timer.cancel()
             self._close_timer = None
         self.resume_writing()
-        sub = self.sub
-        if sub is not None:
+        for sub in self.subs.values():
             sub.set_sink(None)
             sub.on_ready(None)
             sub.close()
@@ -490,9 +605,7 @@ class _Socket(asyncio.Protocol):
 
     async def _leave(self) -> None:
         try:
-            await self.chat.broker.disconnect(self.conn)
-        except Exception as exc:
-            self.chat.problems.warning("backend", "websocket presence not released: %s", exc)
+            await disconnect_rooms(self.chat, self.conns)
         finally:
             self.chat.connections["websocket"] -= 1
             self._finished()
@@ -514,36 +627,3 @@ async def heartbeat(chat: Chat, every: float) -> None:
                     sock.tick()
                 except Exception:
                     log.exception("websocket heartbeat failed for one socket")
-
-
-def _parse(chat: Chat, session: Session, address: str, raw: str) -> Draft | str:
-    """One frame the client sent: the message to store, or the error frame to answer."""
-    try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return _frame(
-            "error",
-            error="bad_json",
-            reason='each frame must be JSON: {"text": "...", "client_id": "..."} or "text"',
-        )
-    client_id: object = None
-    if isinstance(payload, str):
-        text: object = payload
-    elif isinstance(payload, dict):
-        text = payload.get("text")
-        client_id = payload.get("client_id")
-    else:
-        return _frame("error", error="bad_frame", reason='send {"text": "...", "client_id": "..."}')
-    cid = client_id if isinstance(client_id, str) else None
-    try:
-        message = draft(chat, session, text, client_id)
-        take_turn(chat, session, address)
-    except Exception as exc:
-        refused = answer(exc)
-        if refused is None:
-            raise
-        fields: dict[str, Any] = {"client_id": cid}
-        if refused.retry_after is not None:
-            fields["retry_after"] = round(refused.retry_after, 2)
-        return _frame("error", error=refused.code, reason=refused.reason, **fields)
-    return message

@@ -9,7 +9,9 @@ before anything changes state:
 2. origin: a request from another site's page is refused (403);
 3. CSRF: a state-changing request carries its session's token (403);
 4. session: a route that needs one answers 401 without a valid cookie;
-5. values: the body becomes a typed form (400, 413, 415), the room a valid name (400);
+5. values: the body becomes a typed form (400, 413, 415), the room a valid name (400),
+   a streaming route's rooms and cursors typed ones (400; too many rooms for one
+   connection: 400 too_many_rooms);
 6. limits: a streaming connection takes a place under the caps (429, 503).
 
 A refusal is raised as `Refused` and answered by `answer` from one table; nothing the
@@ -29,7 +31,9 @@ from urllib.parse import parse_qsl
 import orjson
 from aiohttp import hdrs, web
 
-from chatroom.core.validation import validate_room
+from chatroom.core.events import read_cursor
+from chatroom.core.validation import InvalidInput, validate_room
+from chatroom.web.params import Follow, follow_param
 from chatroom.web.refusals import NoSession, Refused, answer
 from chatroom.web.security import (
     COOKIE,
@@ -83,6 +87,11 @@ class Policy:
     body: bool = False
     # the route names a room (?room= or {room})
     room: bool = False
+    # the route follows rooms from cursors: one (?room=R&lastReceived=C), or several on
+    # one connection (?follow=R:C&follow=...)
+    rooms: bool = False
+    # with `rooms`: a Last-Event-ID header is the one room's cursor (Server-Sent Events)
+    last_event_id: bool = False
     # a streaming connection of this technique, counted under the connection caps
     stream: str | None = None
     # how a refusal is shown: JSON, the welcome page, or the room page (the form kept)
@@ -118,6 +127,10 @@ class Checked:
     ticket: Ticket | None
     # the request came from another site (a navigation from a link, or a cross-site form)
     cross_site: bool
+    # the rooms a streaming route follows, each with its cursor (`room` is the first)
+    follows: tuple[Follow, ...] = ()
+    # they were asked for in the multi-room form (follow=): every room is named on the wire
+    named: bool = False
 
     def require_session(self) -> Session:
         if self.session is None:
@@ -217,6 +230,7 @@ class Edge:
         verify_session: Callable[[str | None], Session | None],
         csrf_ok: Callable[[Session, object], bool],
         gate: ConnectionGate,
+        max_rooms: int = 32,
     ) -> None:
         self.any_host = "*" in hosts
         self.hosts = hosts
@@ -230,6 +244,8 @@ class Edge:
         self.verify_session = verify_session
         self.csrf_ok = csrf_ok
         self.gate = gate
+        # rooms one streaming connection may follow
+        self.max_rooms = max_rooms
 
     async def check(self, request: web.Request, p: Policy) -> Checked:
         """Run the checks `p` asks for; what is established so far is on the request
@@ -296,11 +312,31 @@ class Edge:
             if raw_room is None:
                 raw_room = request.query.get("room")
             done.room = validate_room(raw_room)
+        elif p.rooms:
+            done.follows, done.named = self._follows(request, p)
+            done.room = done.follows[0].room
         # 6. limits
         if p.stream is not None:
             assert session is not None, "a streaming route needs a session"
             done.ticket = self.gate.acquire(address, session.sid)
         return done
+
+    def _follows(self, request: web.Request, p: Policy) -> tuple[tuple[Follow, ...], bool]:
+        """The rooms a streaming request follows, and whether in the multi-room form."""
+        query = request.query
+        many = query.getall("follow", [])
+        if many:
+            if "room" in query or "lastReceived" in query:
+                raise InvalidInput(
+                    "follow", "give follow=R:C for each room, or room and lastReceived: not both"
+                )
+            return follow_param(many, self.max_rooms), True
+        room = validate_room(query.get("room"))
+        raw: str | None = None
+        if p.last_event_id:
+            # the browser's own reconnects send it: it is newer than the URL's cursor
+            raw = request.headers.get("Last-Event-ID")
+        return (Follow(room, read_cursor(raw or query.get("lastReceived"))),), False
 
     def _session(self, request: web.Request) -> Session | None:
         raw = request.headers.get(hdrs.COOKIE)

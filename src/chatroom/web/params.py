@@ -13,14 +13,17 @@ import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from chatroom.core.events import Position, parse_cursor
+from chatroom.core.events import Position, parse_cursor, read_cursor
 from chatroom.core.validation import MAX_ROOM, InvalidInput
 
 __all__ = [
     "MAX_CURSOR",
     "MAX_DIGITS",
+    "Follow",
     "RoomKey",
+    "TooManyRooms",
     "cursor_param",
+    "follow_param",
     "int_param",
     "room_key_param",
     "room_param",
@@ -120,3 +123,42 @@ def room_key_param(raw: str | None, name: str) -> RoomKey | None:
     if dot and _DIGITS.fullmatch(members) and _LISTED.fullmatch(room):
         return RoomKey(int(members), room)
     raise InvalidInput(name, f"{name} must be the `next` cursor of a previous page")
+
+
+class Follow(NamedTuple):
+    """A room a streaming connection follows, and the cursor it resumes from there
+    (None: the room's archive first)."""
+
+    room: str
+    cursor: Position | None
+
+
+class TooManyRooms(InvalidInput):
+    """A connection asked to follow more rooms than one connection may."""
+
+
+def follow_param(values: Sequence[str], limit: int, name: str = "follow") -> tuple[Follow, ...]:
+    """The rooms of a multi-room connection: each value `R` or `R:C`, a room name and
+    the cursor to resume from there (an event id; absent or empty: the archive).
+
+    The room is checked as room_param checks it; two values naming one room are
+    InvalidInput; more than `limit` values TooManyRooms. The cursor is read as the
+    streaming transports read one (core.events.read_cursor): a malformed cursor is an
+    unknown one, answered with a reset, so a reconnecting client never loses its place.
+    """
+    if len(values) > limit:
+        raise TooManyRooms(
+            name,
+            f"one connection follows at most {limit} rooms, not {len(values)}: "
+            "follow the others on another connection",
+        )
+    follows: list[Follow] = []
+    rooms: set[str] = set()
+    for value in values:
+        raw_room, _, raw_cursor = value.partition(":")
+        room = room_param(raw_room, name)
+        if room in rooms:
+            raise InvalidInput(name, f"room {room!r} is followed twice: follow it once")
+        rooms.add(room)
+        follows.append(Follow(room, read_cursor(raw_cursor)))
+    return tuple(follows)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from chatroom.broker import BackendUnavailable
 from chatroom.core.presence import LeftRoom, NicknameTaken, NotMember
 from chatroom.core.validation import InvalidInput
+from chatroom.web.params import TooManyRooms
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -66,8 +67,9 @@ class NoSession(Refused):
         super().__init__(401, "no_session", "no session: open / and pick a nickname")
 
 
-# exception type -> (status, code, close code, retry_after)
+# exception type -> (status, code, close code, retry_after); the first that matches
 _TABLE: tuple[tuple[type[Exception], int, str, int | None, float | None], ...] = (
+    (TooManyRooms, 400, "too_many_rooms", None, None),
     (InvalidInput, 400, "invalid", None, None),
     (NicknameTaken, 409, "nickname_taken", CLOSE_NICKNAME_TAKEN, None),
     (LeftRoom, 410, "left", CLOSE_LEFT, None),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Callable
 from typing import Any, cast
 
 from aiohttp import web
@@ -28,6 +29,7 @@ __all__ = [
     "guard_key",
     "limit_send_buffer",
     "listen",
+    "on_gone",
     "request_started",
 ]
 
@@ -82,6 +84,35 @@ class ConnectionGuard:
             if not waiter.done() and self._gone.get(handler) is waiter:
                 del self._gone[handler]
                 waiter.cancel()
+
+    def on_gone(self, handler: RequestHandler, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` (once) when the client of `handler`'s connection has gone, at
+        once if it has; answers a function that forgets it. One watcher per connection,
+        as gone() is: a task-free way for a stream to hear of it."""
+        transport = handler.transport
+        if transport is None or transport.is_closing():
+            callback()
+            return _nothing
+        waiter = self._gone.get(handler)
+        if waiter is None:
+            waiter = self._gone[handler] = asyncio.get_running_loop().create_future()
+
+        def went(_: asyncio.Future[None]) -> None:
+            callback()
+
+        waiter.add_done_callback(went)
+
+        def forget() -> None:
+            waiter.remove_done_callback(went)
+            if not waiter.done() and self._gone.get(handler) is waiter:
+                del self._gone[handler]
+                waiter.cancel()
+
+        return forget
+
+
+def _nothing() -> None:
+    return None
 
 
 guard_key = web.AppKey("chatroom_connection_guard", ConnectionGuard)
@@ -154,6 +185,12 @@ def request_started(request: web.Request) -> None:
 async def gone(request: web.Request) -> None:
     """Returns when the client of `request` has closed its connection."""
     await request.app[guard_key].gone(request.protocol)
+
+
+def on_gone(request: web.Request, callback: Callable[[], None]) -> Callable[[], None]:
+    """Call `callback` when the client of `request` has closed its connection; answers a
+    function that forgets it (see ConnectionGuard.on_gone)."""
+    return request.app[guard_key].on_gone(request.protocol, callback)
 
 
 def limit_send_buffer(transport: asyncio.BaseTransport | None, size: int) -> None:
