@@ -167,6 +167,23 @@ async def test_active_refresh_reloads_itself_without_javascript(
     assert 'http-equiv="refresh"' not in older
 
 
+async def test_a_refused_message_stays_on_screen_without_javascript(
+    server: Server, client: aiohttp.ClientSession
+) -> None:
+    """The answer to a refused POST shows the reason and keeps the draft: a reload five
+    seconds later would lose both, so that page does not reload itself."""
+    who = await login(client, server, "alice", demo="refresh")
+    async with client.post(
+        f"{server.url}/refresh/room?room=lobby",
+        data={"csrf": who.csrf, "message": "x" * 2001},
+        allow_redirects=False,
+    ) as response:
+        assert response.status == 400
+        page = await response.text()
+    assert 'http-equiv="refresh"' not in page
+    assert "x" * 2001 in page  # the draft, to shorten and send again
+
+
 @pytest.mark.parametrize("technique", ["longpolling", "websocket", "sse"])
 async def test_the_other_pages_do_not_reload(
     server: Server, client: aiohttp.ClientSession, technique: str

@@ -50,7 +50,7 @@ def named(batch: list[Delivery], room: str) -> list[Delivery]:
     Events are passed as they are (they carry their room); a reset comes only from a
     subscriber's own read of the backend, never from the fan-out.
     """
-    if all(item.id is not None for item in batch):
+    if not any(isinstance(item, Reset) for item in batch):
         return batch
     return [item if not isinstance(item, Reset) else Reset.at(item.oldest, room)
             for item in batch]

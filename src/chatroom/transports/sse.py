@@ -155,7 +155,8 @@ async def _stream(
                     return _LEFT
                 if not subs:
                     return _left(room, LEFT)
-                await response.write(_left(room, LEFT))
+                async with asyncio.timeout(_WRITE_TIMEOUT):
+                    await response.write(_left(room, LEFT))
                 continue
             except SlowConsumer:
                 return _TOO_SLOW
