@@ -85,6 +85,23 @@ def test_a_bad_environment_value_is_one_line(
     assert "CHATROOM_MAX_BODY" in one_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "said"),
+    [
+        ("--max-rooms-per-connection", "49", "at most 48"),
+        ("--max-rooms-per-connection", "0", "at least 1"),
+        ("--retention", "0", "at least 1"),
+    ],
+)
+def test_a_value_outside_its_bounds_refuses_to_start(
+    capsys: pytest.CaptureFixture[str], flag: str, value: str, said: str
+) -> None:
+    assert cli.main(["serve", flag, value]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert flag in line
+    assert said in line
+
+
 def test_a_generated_secret_is_long_private_and_kept(tmp_path: Path) -> None:
     path = tmp_path / "secret"
     first, warnings = load_secret(None, str(path))

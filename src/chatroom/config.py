@@ -38,17 +38,22 @@ def setting(
     help: str,
     *,
     minimum: float | None = None,
+    maximum: float | None = None,
     flag: str | None = None,
     env: str | None = None,
     cli: bool = True,
 ) -> Any:
-    """A Settings field: its default, its one-line help, and the smallest value allowed.
+    """A Settings field: its default, its one-line help, and the smallest and largest
+    values allowed.
 
     `flag` and `env` override the names derived from the field's (`max_body` ->
     `--max-body`, `CHATROOM_MAX_BODY`); a tuple field's flag is repeatable and its
     variable comma-separated.
     """
-    meta = {"help": help, "minimum": minimum, "flag": flag, "env": env, "cli": cli}
+    meta = {
+        "help": help, "minimum": minimum, "maximum": maximum, "flag": flag, "env": env,
+        "cli": cli,
+    }
     return field(default=default, metadata=meta)
 
 
@@ -121,8 +126,9 @@ class Settings:
     max_rooms_per_connection: int = setting(
         32,
         "rooms one streaming connection may follow (follow=R:C, repeated: the tabs of one "
-        "browser share a connection)",
+        "browser share a connection; at most 48, so that the URL stays under 8 KB)",
         minimum=1,
+        maximum=48,
     )
     fd_reserve: int = setting(
         64,
@@ -176,11 +182,13 @@ class Settings:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            minimum = f.metadata.get("minimum")
+            minimum, maximum = f.metadata.get("minimum"), f.metadata.get("maximum")
             value = getattr(self, f.name)
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
             if minimum is not None and value < minimum:
-                flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
                 raise ValueError(f"{flag} must be at least {minimum:g}, not {value:g}")
+            if maximum is not None and value > maximum:
+                raise ValueError(f"{flag} must be at most {maximum:g}, not {value:g}")
         for secret in (self.secret, *self.old_secrets):
             if len(secret) < MIN_SECRET:
                 raise ValueError(
