@@ -30,6 +30,44 @@ TECHNIQUES = ["longpolling", "sse", "websocket"]
 NO_WORKER = "delete window.SharedWorker;"
 NO_SHARING = "delete window.SharedWorker; delete window.BroadcastChannel;"
 
+# This tab's own lock (share.js attaches once it holds it) is granted when the test
+# calls grantTabLock().
+HELD_TAB_LOCK = """(() => {
+  const locks = navigator.locks;
+  const request = locks.request.bind(locks);
+  const granted = new Promise((resolve) => { window.grantTabLock = resolve; });
+  locks.request = (name, ...rest) => String(name).startsWith('chatroom-tab-')
+    ? granted.then(() => request(name, ...rest))
+    : request(name, ...rest);
+})();"""
+
+# While holdAttaches is true, this tab's attaches wait for letAttachesGo().
+HELD_ATTACH = """(() => {
+  const post = BroadcastChannel.prototype.postMessage;
+  const held = [];
+  window.holdAttaches = false;
+  window.heldAttaches = () => held.length;
+  window.letAttachesGo = () => {
+    window.holdAttaches = false;
+    for (const [channel, msg] of held.splice(0)) post.call(channel, msg);
+  };
+  BroadcastChannel.prototype.postMessage = function (msg) {
+    if (window.holdAttaches && msg && msg.t === 'attach') held.push([this, msg]);
+    else post.call(this, msg);
+  };
+})();"""
+
+# The texts of the messages a leader relays to the tabs, as this tab hears them. This
+# channel is opened after share.js's: a relay reaches share.js first (a browser hands a
+# message to the channels of a page in the order they were opened).
+_LISTEN = """(technique) => {
+  window.relayed = [];
+  new BroadcastChannel(`chatroom-${technique}-down`).onmessage = (e) => {
+    if (e.data.t !== 'events') return;
+    for (const ev of e.data.events) if (ev.type === 'message') window.relayed.push(ev.text);
+  };
+}"""
+
 _IDS = """() => [...document.querySelectorAll('#thread > li[data-id]')].map(
   (li) => li.dataset.id)"""
 
@@ -41,9 +79,12 @@ class Browser:
         self.context, self.server, self.technique = context, server, technique
         self.tabs: list[Person] = []
 
-    async def open(self, room: str, *, enter: bool = False) -> Person:
-        """A new tab on the room's page (through /demo first when `enter`)."""
+    async def open(self, room: str, *, enter: bool = False, init: str | None = None) -> Person:
+        """A new tab on the room's page (through /demo first when `enter`); `init` runs
+        before the page's own scripts."""
         page = await self.context.new_page()
+        if init is not None:
+            await page.add_init_script(init)
         tab = Person("alice", self.technique, room, self.server, self.context, page)
         watch(page, tab.problems)
         if enter:
@@ -98,6 +139,18 @@ async def open_tabs(b: Browser, rooms: dict[str, int]) -> None:
         await b.open(room, enter=True)
         for _ in range(count - 1):
             await b.open(room)
+
+
+async def is_leader(tab: Person) -> bool:
+    leads: bool = await tab.page.evaluate(
+        "() => document.getElementById('room').dataset.leader === 'true'")
+    return leads
+
+
+async def hears(tab: Person, text: str) -> None:
+    """Wait until a leader's relay of `text` reached the tab (its _LISTEN channel)."""
+    await tab.page.wait_for_function("(text) => window.relayed.includes(text)", arg=text,
+                                     timeout=LIVE)
 
 
 async def ids(tab: Person) -> list[str]:
@@ -246,6 +299,94 @@ async def test_closing_the_leader_tab_hands_over_without_a_loss_or_a_repeat(
     for tab in b.tabs:
         await tab.sees("alice", "alice after the handover")
         assert await tab.count("alice", "alice after the handover") == 1
+    b.assert_clean()
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+async def test_a_tab_takes_no_relayed_event_before_its_attach_is_answered(
+    new_context: CreateContextCallback,
+    server: Server,
+    client: aiohttp.ClientSession,
+    technique: str,
+) -> None:
+    """A leader relays to every tab on its channel, a tab that has not attached yet too.
+    Taken, a relayed event moved the tab's cursor past one it never showed (E1, relayed
+    before its script ran): it attached from there, and E1 was never shown."""
+    b = await a_browser(new_context, server, technique, init=NO_WORKER)
+    leader = await b.open("den", enter=True)
+    bob = Speaker(client, server, "den")
+    await bob.enter()
+    await bob.say("a0")
+    await leader.sees("bob", "a0")
+
+    page = await b.context.new_page()
+    await page.add_init_script(HELD_TAB_LOCK)
+    tab = Person("alice", technique, "den", server, b.context, page)
+    watch(page, tab.problems)
+    b.tabs.append(tab)
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        asked.set()
+        await answer.wait()
+        await route.continue_()
+
+    await page.route("**/share*.js*", hold)
+    going = asyncio.ensure_future(page.goto(tab.room_url))
+    try:
+        # the page is rendered (after a0); its share.js not run yet
+        await asyncio.wait_for(asked.wait(), LIVE / 1000)
+        await bob.say("E1")
+        await leader.sees("bob", "E1")
+        answer.set()
+        await asyncio.wait_for(going, LIVE / 1000)
+    finally:
+        answer.set()
+    assert await share_mode(page) == "channel"
+    # share.js listens; its lock, and so its attach, waits
+    await page.evaluate(_LISTEN, technique)
+    await bob.say("E2")
+    await hears(tab, "E2")
+    assert await tab.messages() == [("bob", "a0")]
+    await page.evaluate("() => window.grantTabLock()")
+    await tab.wait_live()
+    await bob.say("E3")
+    await exactly_once_each(b.tabs, ["a0", "E1", "E2", "E3"])
+    assert await ids(tab) == await in_history(server, "den")
+    b.assert_clean()
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+async def test_after_a_handover_a_tab_takes_nothing_from_the_new_leader_before_it_attached(
+    new_context: CreateContextCallback,
+    server: Server,
+    client: aiohttp.ClientSession,
+    technique: str,
+) -> None:
+    b = await a_browser(new_context, server, technique, init=NO_WORKER)
+    first = await b.open("den", enter=True)
+    second = await b.open("den")
+    slow = await b.open("den", init=HELD_ATTACH)
+    assert await is_leader(first)
+    bob = Speaker(client, server, "den")
+    await bob.enter()
+    await bob.say("before")
+    await exactly_once_each(b.tabs, ["before"])
+
+    await slow.page.evaluate("() => { window.holdAttaches = true; }")
+    await slow.page.evaluate(_LISTEN, technique)
+    await b.close(first)
+    # the next in line leads; its hello made the slow tab attach, and that waits
+    await second.page.wait_for_function(
+        "() => document.getElementById('room').dataset.leader === 'true'", timeout=LIVE)
+    await slow.page.wait_for_function("() => window.heldAttaches() > 0", timeout=LIVE)
+    await bob.say("H1")
+    await hears(slow, "H1")
+    assert await slow.messages() == [("bob", "before")]
+    await slow.page.evaluate("() => window.letAttachesGo()")
+    await bob.say("H2")
+    await exactly_once_each(b.tabs, ["before", "H1", "H2"])
+    assert await ids(slow) == await in_history(server, "den")
     b.assert_clean()
 
 

@@ -11,17 +11,20 @@
 //   3. each tab itself, as one connection of its own.
 //
 // Each tab keeps its own cursor: it attaches with the id of the last event it shows and
-// is told the connection's position in its room. The same: every event after it is
-// the tab's. Not the same (the page was rendered a moment before or after, or a new
-// leader started from another tab's cursor): the tab reads what it lacks from
-// /api/rooms/R/history, then takes the shared events after the newest it read, and
-// until that one has passed, none. Nothing missed, nothing twice.
+// is told the connection's position in its room; it takes no event before that answer,
+// nor from another hub. The same: every event after it is the tab's. Not the same (the
+// page was rendered a moment before or after, or a new leader started from another
+// tab's cursor): the tab reads what it lacks from /api/rooms/R/history, then takes the
+// shared events after the newest it read, and until that one has passed, none. Nothing
+// missed, nothing twice.
 (() => {
   const TAB_LOCK = 'chatroom-tab-';
   // A room no tab shows any more is dropped from the connection after this: a reload
   // (pagehide, then the new page attaches) does not reconnect.
   const DROP_AFTER = 2000;
   const HISTORY_PAGE = 500;
+  // What a hub tells a room's tabs (Hub.toRoom).
+  const ROOM_NEWS = new Set(['events', 'state', 'left', 'error']);
 
   // 0.5 s doubling to 30 s, times a random factor: a restart does not bring every
   // browser back at once.
@@ -41,7 +44,8 @@
   // --- the hub: one technique's connections, shared by the tabs attached to it ---------
 
   class Hub {
-    // out.room(tabs, msg): to the tabs of a room; out.tab(tab, msg): to one tab.
+    // out.room(tabs, msg): to the tabs of a room (a leader's channel reaches every tab,
+    // attached or not: each message names its hub); out.tab(tab, msg): to one tab.
     constructor(technique, out) {
       this.id = newId();
       this.technique = technique;
@@ -59,7 +63,7 @@
 
     toRoom(room, msg) {
       const r = this.rooms.get(room);
-      if (r && r.tabs.size) this.out.room(r.tabs, msg);
+      if (r && r.tabs.size) this.out.room(r.tabs, { ...msg, hub: this.id });
     }
 
     handle(msg) {
@@ -435,6 +439,9 @@
     const says = new Map(); // client_id -> {text, resolve, reject}
     let post = null; // sends a message to the hub
     let hubId = null;
+    // The hub that answered this tab's current attach: the room's news counts from it
+    // alone, and only once it answered (null until then).
+    let from = null;
     let ready = false; // this tab's lock is held (or there are no locks)
     let stopped = false; // its room ended: no more events, no attach
     let cursor = null; // the cursor of its last attach
@@ -445,6 +452,7 @@
     function attach() {
       if (!ready || stopped || Chat.leaving) return;
       round++;
+      from = null;
       syncing = null;
       waitFor = null;
       cursor = Chat.lastId;
@@ -454,6 +462,12 @@
     function receive(msg) {
       if (!msg || (msg.to !== undefined && msg.to !== tab)) return;
       if (msg.room !== undefined && msg.room !== room) return;
+      // A leader relays to every tab, this one too before its attach was answered (its
+      // lock not granted yet, or a new leader it has not attached to yet). What came
+      // before the answer is not this tab's: the answer's position covers it (the
+      // catch-up reads it from this tab's own cursor). Taken, it would move that cursor
+      // past events this tab never showed.
+      if (ROOM_NEWS.has(msg.t) && msg.hub !== from) return;
       switch (msg.t) {
         case 'hello':
           // a new leader: attach to it
@@ -462,7 +476,7 @@
         case 'attached':
           // the answer to an attach that another followed: that one's answer counts
           if (msg.round !== round) break;
-          hubId = msg.hub;
+          hubId = from = msg.hub;
           if (!stopped) Chat.status(msg.state, msg.text);
           if (msg.cur !== cursor) catchUp(msg.cur);
           for (const [clientId, s] of says) post({ t: 'say', technique, tab, room, text: s.text, client_id: clientId });
