@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
+import aiohttp
 from playwright.async_api import BrowserContext, ConsoleMessage, Page, Request, Response
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 from pytest_playwright_asyncio.pytest_playwright import CreateContextCallback
 
-from tests.support import Server
+from tests.support import Server, login
 
-__all__ = ["LIVE", "TECHNIQUES", "Enter", "People", "Person"]
+__all__ = ["LIVE", "TECHNIQUES", "Enter", "People", "Person", "Speaker"]
 
 TECHNIQUES = ("refresh", "longpolling", "websocket", "sse")
 
@@ -273,3 +274,34 @@ def watch(page: Page, problems: list[str]) -> None:
     page.on("pageerror", page_error)
     page.on("response", response)
     page.on("requestfailed", request_failed)
+
+
+class Speaker:
+    """Bob, on a plain HTTP client: he keeps talking whatever happens to Alice's page."""
+
+    def __init__(self, client: aiohttp.ClientSession, server: Server, room: str) -> None:
+        self.client, self.server, self.room = client, server, room
+        self.csrf = ""
+
+    async def enter(self) -> None:
+        self.csrf = (await login(self.client, self.server, "bob", self.room)).csrf
+
+    async def poll(self) -> None:
+        """What his long-poll page does whenever it is loaded or polls: keeps him in the
+        room, and brings him back in after a restart lost every presence."""
+        async with self.client.get(
+            f"{self.server.url}/longpolling/room", params={"room": self.room}
+        ) as response:
+            assert response.status == 200, await response.text()
+
+    async def say(self, text: str) -> str:
+        async with self.client.post(
+            f"{self.server.url}/longpolling/room/messages",
+            params={"room": self.room},
+            json={"message": text},
+            headers={"X-CSRF-Token": self.csrf},
+        ) as response:
+            assert response.status == 200, await response.text()
+            event = await response.json()
+        event_id: str = event["id"]
+        return event_id

@@ -14,41 +14,10 @@ from playwright.async_api import WebSocket
 from chatroom.app import create_app
 from chatroom.config import Settings
 from chatroom.web.server import GuardedRunner, listen
-from tests.browser.people import Enter, Person
-from tests.support import SECRET, Server, login
+from tests.browser.people import Enter, Person, Speaker
+from tests.support import SECRET, Server
 
 pytestmark = pytest.mark.browser
-
-
-class Speaker:
-    """Bob, on a plain HTTP client: he keeps talking whatever happens to Alice's page."""
-
-    def __init__(self, client: aiohttp.ClientSession, server: Server, room: str) -> None:
-        self.client, self.server, self.room = client, server, room
-        self.csrf = ""
-
-    async def enter(self) -> None:
-        self.csrf = (await login(self.client, self.server, "bob", self.room)).csrf
-
-    async def poll(self) -> None:
-        """What his long-poll page does whenever it is loaded or polls: keeps him in the
-        room, and brings him back in after a restart lost every presence."""
-        async with self.client.get(
-            f"{self.server.url}/longpolling/room", params={"room": self.room}
-        ) as response:
-            assert response.status == 200, await response.text()
-
-    async def say(self, text: str) -> str:
-        async with self.client.post(
-            f"{self.server.url}/longpolling/room/messages",
-            params={"room": self.room},
-            json={"message": text},
-            headers={"X-CSRF-Token": self.csrf},
-        ) as response:
-            assert response.status == 200, await response.text()
-            event = await response.json()
-        event_id: str = event["id"]
-        return event_id
 
 
 async def start_again(server: Server, database: Path) -> None:

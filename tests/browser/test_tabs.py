@@ -19,8 +19,8 @@ import pytest
 from playwright.async_api import BrowserContext, Page, Route
 from pytest_playwright_asyncio.pytest_playwright import CreateContextCallback
 
-from tests.browser.people import LIVE, Person, watch
-from tests.support import UNLIMITED, Server, eventually, login, new_client, start_server
+from tests.browser.people import LIVE, Person, Speaker, watch
+from tests.support import UNLIMITED, Server, eventually, new_client, start_server
 
 pytestmark = pytest.mark.browser
 
@@ -217,26 +217,6 @@ async def test_with_ten_sse_tabs_open_more_pages_still_load(
     await b.tabs[-1].say("twelve pages, one stream")
     await b.tabs[-1].sees("alice", "twelve pages, one stream")
     b.assert_clean()
-
-
-class Speaker:
-    """Bob, on a plain HTTP client, in the room."""
-
-    def __init__(self, client: aiohttp.ClientSession, server: Server, room: str) -> None:
-        self.client, self.server, self.room = client, server, room
-        self.csrf = ""
-
-    async def enter(self) -> None:
-        self.csrf = (await login(self.client, self.server, "bob", self.room)).csrf
-
-    async def say(self, text: str) -> None:
-        async with self.client.post(
-            f"{self.server.url}/longpolling/room/messages",
-            params={"room": self.room},
-            json={"message": text},
-            headers={"X-CSRF-Token": self.csrf},
-        ) as response:
-            assert response.status == 200, await response.text()
 
 
 async def in_history(server: Server, room: str) -> list[str]:
