@@ -10,10 +10,9 @@ from aiohttp import web
 
 from chatroom.broker import Delivery, SlowConsumer, Subscription
 from chatroom.core.presence import LeftRoom, NicknameTaken
-from chatroom.transports.rooms import LEFT, ended, named
+from chatroom.transports.rooms import LEFT, ended, named, room_refused
 from chatroom.web.edge import checked, policy
 from chatroom.web.params import Follow
-from chatroom.web.refusals import answer
 from chatroom.web.saying import enter_room, say
 from chatroom.web.server import gone
 from chatroom.web.state import chat_key
@@ -44,10 +43,7 @@ async def wait_for_news(request: web.Request) -> web.Response:
         try:
             await chat.broker.keep_present(follow.room, session.user, session.sid)
         except (LeftRoom, NicknameTaken) as exc:
-            refused = answer(exc)
-            if not edge.named or refused is None:
-                raise
-            notices.append(ended(follow.room, refused))
+            notices.append(ended(follow.room, room_refused(exc, edge.named)))
             continue
         live.append(follow)
     parts: list[bytes] = notices

@@ -37,6 +37,7 @@ __all__ = [
     "disconnect_rooms",
     "ended",
     "named",
+    "room_refused",
 ]
 
 # Why a room's subscription ended with reason "left": its session left it (the Leave
@@ -54,6 +55,16 @@ def named(batch: list[Delivery], room: str) -> list[Delivery]:
         return batch
     return [item if not isinstance(item, Reset) else Reset.at(item.oldest, room)
             for item in batch]
+
+
+def room_refused(exc: LeftRoom | NicknameTaken, many: bool) -> Refused:
+    """How a room the session may not follow is answered: in the multi-room form it is
+    refused alone (the caller sends its notice and goes on with the others); in the
+    single-room form the refusal is the request's, so `exc` is raised."""
+    refused = answer(exc)
+    if not many or refused is None:
+        raise exc
+    return refused
 
 
 def ended(room: str, refused: Refused) -> bytes:
@@ -91,10 +102,7 @@ async def connect_rooms(
             try:
                 await chat.broker.connect(follow.room, session.user, session.sid, conn)
             except (LeftRoom, NicknameTaken) as exc:
-                refused = answer(exc)
-                if not many or refused is None:
-                    raise
-                joined.refused.append((follow.room, refused))
+                joined.refused.append((follow.room, room_refused(exc, many)))
                 continue
             joined.accepted.append((follow, conn))
     except BaseException:
