@@ -6,6 +6,7 @@ Every test that takes `backends` runs once per backend in BACKENDS.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,8 @@ from chatroom.broker import Backend, Broker, Fanout, open_backend
 from chatroom.broker.backend import Listener
 
 SQLITE_FILE = "chat.db"
-# Broker options that are the hub's (Fanout's fields)
-_FANOUT = ("archive", "page", "max_pending", "max_unsent")
+# Broker options that are the hub's
+_FANOUT = tuple(f.name for f in fields(Fanout))
 
 # The backends the contract suite and the broker suite run against. Redis is a real
 # redis-server (tests/conftest.py: the machine's, or one started on a free port), on a
